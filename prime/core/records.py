@@ -1,0 +1,85 @@
+"""Typed protocol records: what coordinators and trainers sign and exchange.
+
+Records are plain dicts on the wire (canonical msgpack inside a signed envelope);
+these models give them types and refuse anything malformed with ``DecodeError``.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from prime.core import envelope
+from prime.core.envelope import Domain, Envelope
+from prime.core.errors import DecodeError
+from prime.core.identity import Identity
+
+_DIGEST = r"^[0-9a-f]{64}$"
+_ADDR = r"^[A-Za-z0-9.\-:\[\]]{1,64}:[0-9]{1,5}$"
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+    DOMAIN: ClassVar[Domain]
+
+    @classmethod
+    def from_envelope(cls, env: Envelope) -> "_Record":
+        try:
+            return cls.model_validate(env.record)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"])
+            raise DecodeError(f"malformed {cls.__name__}: {where}: {first['msg']}") from None
+
+    @classmethod
+    def open(cls, data: bytes, *, signer: bytes | None = None) -> tuple["_Record", Envelope]:
+        """Verify ``data`` as this record type's envelope and decode it."""
+        env = envelope.open_envelope(data, cls.DOMAIN, signer=signer)
+        return cls.from_envelope(env), env
+
+    def seal(self, identity: Identity) -> Envelope:
+        return envelope.seal(identity, self.DOMAIN, self.model_dump())
+
+
+class RoundAnnouncement(_Record):
+    """Coordinator → everyone: round ``round`` starts from model ``model_version``."""
+
+    DOMAIN: ClassVar[Domain] = Domain.ANNOUNCEMENT
+    job_id: str = Field(max_length=64)
+    round: int = Field(ge=1)
+    model_version: int = Field(ge=0)
+    model_digest: str = Field(pattern=_DIGEST)
+    model_size: int = Field(ge=0)
+    providers: list[str] = Field(max_length=32)
+    selected: list[bytes] = Field(max_length=4096)
+    deadline: float
+    issued: float
+    #: Rounds the job runs in total (0: forever); lets trainers know when to stop.
+    total_rounds: int = Field(ge=0)
+
+
+class UpdateRecord(_Record):
+    """Trainer → coordinator: my update for ``round``, by digest, and where to fetch it."""
+
+    DOMAIN: ClassVar[Domain] = Domain.UPDATE
+    job_id: str = Field(max_length=64)
+    round: int = Field(ge=1)
+    model_version: int = Field(ge=0)
+    node_name: str = Field(max_length=64)
+    blob_digest: str = Field(pattern=_DIGEST)
+    blob_size: int = Field(ge=0)
+    num_samples: int = Field(ge=0)
+    metrics: dict[str, float] = Field(max_length=16)
+    providers: list[str] = Field(max_length=8)
+    issued: float
+
+
+def dht_update_name(job_id: str, round_number: int) -> str:
+    """DHT name (under the trainer's own key) of its update record for a round."""
+    return f"{job_id}/update/{round_number}"
+
+
+def dht_announce_name(job_id: str) -> str:
+    """DHT name (under the coordinator's key) of the current round announcement."""
+    return f"{job_id}/announce"
