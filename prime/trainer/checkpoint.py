@@ -1,0 +1,96 @@
+"""Trainer checkpoints: model, optimizer and data position, crash-safe on disk.
+
+Each checkpoint is ``NAME.pt`` (``torch.save`` of tensors and plain values, loaded
+back with ``weights_only=True`` so a checkpoint can never run code) plus
+``NAME.sha256``. Both are written atomically (temp, fsync, rename), the digest
+last, so a checkpoint without a matching digest is treated as torn and skipped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from prime.core.errors import TrainerError
+
+_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+AUTO_PREFIX = "round-"
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so readers see the old file or the new one, never half."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+class CheckpointStore:
+    """Named checkpoints in one directory; automatic ones (``round-N``) are pruned to the newest N."""
+
+    def __init__(self, root: str | os.PathLike, keep: int = 5) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.keep = keep
+
+    def _check_name(self, name: str) -> str:
+        if not _NAME.match(name):
+            raise TrainerError(f"checkpoint name {name!r} must be 1-64 of [A-Za-z0-9_.-]")
+        return name
+
+    def save(self, name: str, state: dict[str, Any]) -> Path:
+        self._check_name(name)
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        data = buffer.getvalue()
+        path = self.root / f"{name}.pt"
+        write_atomic(path, data)
+        write_atomic(self.root / f"{name}.sha256", hashlib.sha256(data).hexdigest().encode())
+        self._prune()
+        return path
+
+    def load(self, name: str) -> dict[str, Any]:
+        """Load and verify a checkpoint; raise ``TrainerError`` if missing or corrupt."""
+        self._check_name(name)
+        path = self.root / f"{name}.pt"
+        try:
+            data = path.read_bytes()
+            expected = (self.root / f"{name}.sha256").read_text().strip()
+        except FileNotFoundError:
+            raise TrainerError(f"no checkpoint named {name!r} in {self.root}") from None
+        if hashlib.sha256(data).hexdigest() != expected:
+            raise TrainerError(f"checkpoint {path} is corrupt (digest mismatch)")
+        return torch.load(io.BytesIO(data), weights_only=True)
+
+    def list(self) -> list[str]:
+        """Names of complete checkpoints (those with a digest), oldest first."""
+        names = [p.stem for p in self.root.glob("*.sha256") if (self.root / f"{p.stem}.pt").exists()]
+        return sorted(names, key=lambda n: (self.root / f"{n}.pt").stat().st_mtime_ns)
+
+    def latest_good(self) -> tuple[str, dict[str, Any]] | None:
+        """The newest checkpoint that verifies, skipping corrupt ones."""
+        for name in reversed(self.list()):
+            try:
+                return name, self.load(name)
+            except TrainerError:
+                continue
+        return None
+
+    def _prune(self) -> None:
+        auto = [n for n in self.list() if n.startswith(AUTO_PREFIX)]
+        for name in auto[: max(0, len(auto) - self.keep)]:
+            for suffix in (".pt", ".sha256"):
+                (self.root / f"{name}{suffix}").unlink(missing_ok=True)
