@@ -24,6 +24,7 @@ class Domain(str, Enum):
     """What a signed record is for. Part of the signed bytes."""
 
     ANNOUNCEMENT = "announce"
+    COMMITTED = "committed"
     UPDATE = "update"
     HEARTBEAT = "heartbeat"
     LEDGER = "ledger"

@@ -75,6 +75,24 @@ class UpdateRecord(_Record):
     issued: float
 
 
+class RoundCommitted(_Record):
+    """Coordinator → everyone: round ``round`` is committed as ``model_version`` (retained)."""
+
+    DOMAIN: ClassVar[Domain] = Domain.COMMITTED
+    job_id: str = Field(max_length=64)
+    round: int = Field(ge=1)
+    model_version: int = Field(ge=1)
+    model_digest: str = Field(pattern=_DIGEST)
+    total_rounds: int = Field(ge=0)
+    participants: int = Field(ge=0)
+    accuracy: float | None = None
+    issued: float
+
+    @property
+    def job_finished(self) -> bool:
+        return self.total_rounds > 0 and self.round >= self.total_rounds
+
+
 def dht_update_name(job_id: str, round_number: int) -> str:
     """DHT name (under the trainer's own key) of its update record for a round."""
     return f"{job_id}/update/{round_number}"

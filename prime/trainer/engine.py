@@ -78,13 +78,14 @@ def learning_rate(config: TrainingConfig, epoch: int) -> float:
 
 
 class LocalEngine:
-    def __init__(self, config: JobConfig, data: Split) -> None:
+    def __init__(self, config: JobConfig, data: Split, model: nn.Module | None = None) -> None:
         ensure_process_group()
         self.config = config
         self.data = data
         self.device = device()
-        model = build_model(config.model, seed=config.training.seed).to(self.device)
-        self.model = shard_model(model)
+        if model is None:
+            model = build_model(config.model, seed=config.training.seed)
+        self.model = shard_model(model.to(self.device))
         self.optimizer = build_optimizer(self.model.parameters(), config.training)
         self.epochs_done = 0
 

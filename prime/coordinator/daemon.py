@@ -1,0 +1,301 @@
+"""The coordinator daemon: runs rounds from announcement to committed model version.
+
+``Coordinator.create`` opens the durable store, the DHT/blob peer and the bus (with
+an embedded broker when no URL is given); ``run`` drives rounds until the job's
+last round; ``close`` releases everything. After a crash, ``create`` + ``run``
+resume at the round after the last committed one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from pathlib import Path
+
+from prime.bus.broker import EmbeddedBroker
+from prime.bus.client import BusClient
+from prime.bus.liveness import Heartbeat, LivenessTracker
+from prime.bus.topics import Topics
+from prime.coordinator.evaluation import evaluate
+from prime.coordinator.rounds import RoundCollector
+from prime.coordinator.selection import select_trainers
+from prime.coordinator.status import DB_NAME
+from prime.coordinator.store import CoordinatorStore, RoundCommit
+from prime.coordinator.verification import check_record, check_tensors
+from prime.core import rewards, tensors
+from prime.core.aggregation import Contribution, build_strategy
+from prime.core.config import JobConfig
+from prime.core.datasets import load_digits_split
+from prime.core.errors import BlobError, CoordinatorError, DecodeError, PrimeError, SignatureError, UpdateRejected
+from prime.core.identity import Identity
+from prime.core.models import build_model
+from prime.core.net import parse_hostport
+from prime.core.records import RoundAnnouncement, RoundCommitted, UpdateRecord, dht_announce_name, dht_update_name
+from prime.dht.blobservice import fetch_from_any
+from prime.dht.peer import Peer
+
+log = logging.getLogger(__name__)
+
+EMBEDDED_BROKER = ("127.0.0.1", 1883)
+
+
+class Coordinator:
+    def __init__(
+        self, config: JobConfig, identity: Identity, store: CoordinatorStore, peer: Peer,
+        broker: EmbeddedBroker | None, mqtt_url: str,
+    ) -> None:
+        self.config = config
+        self.identity = identity
+        self.store = store
+        self.peer = peer
+        self.broker = broker
+        self.topics = Topics(config.job_id)
+        net = config.network
+        self.heartbeat = Heartbeat(identity, self.topics, interval=net.heartbeat_interval, name="coordinator")
+        self.bus = BusClient(
+            mqtt_url, f"coordinator-{identity.network_id}", will=self.heartbeat.will,
+            max_retries=config.fault_tolerance.max_retries, timeout=net.timeout,
+        )
+        self.liveness = LivenessTracker(timeout_s=3 * net.heartbeat_interval)
+        self.model = build_model(config.model, seed=config.training.seed)
+        self.test_data = load_digits_split(config.data.test_fraction, config.data.seed)[1]
+        self._collector: RoundCollector | None = None
+        self._global_state: dict | None = None
+        self._aggregate_lock = asyncio.Lock()
+        self._tasks: set[asyncio.Task] = set()
+        self._stopping = asyncio.Event()
+
+    @classmethod
+    async def create(
+        cls, config: JobConfig, *, data_dir: str | Path, listen: tuple[str, int] = ("127.0.0.1", 0),
+        mqtt_url: str | None = None, bootstrap: list[tuple[str, int]] = (),
+    ) -> "Coordinator":
+        data_dir = Path(data_dir)
+        identity = Identity.load_or_create(data_dir, "coordinator")
+        if config.coordinator_public_key not in (None, identity.public_key):
+            raise CoordinatorError(
+                f"job config pins coordinator key {config.coordinator_key[:16]}…, but {data_dir}/node.key is "
+                f"{identity.public_key_hex[:16]}…; run with the matching --data-dir or fix coordinator_key"
+            )
+        store = CoordinatorStore(data_dir / DB_NAME)
+        store.bind_job(config.job_id, identity.public_key)
+        broker = None
+        url = mqtt_url or config.network.mqtt_url
+        if url is None:
+            broker = await EmbeddedBroker.start(*EMBEDDED_BROKER)
+            url = broker.url
+        peer = await Peer.create(
+            data_dir, listen=listen, bootstrap=list(bootstrap), timeout=config.network.timeout,
+            max_blob_bytes=config.network.max_message_size,
+        )
+        coordinator = cls(config, identity, store, peer, broker, url)
+        await coordinator.bus.connect()
+        coordinator._ensure_genesis()
+        coordinator.heartbeat.start(coordinator.bus)
+        log.info("coordinator %s for job %s at %s, bus %s", identity.network_id, config.job_id, peer.address_str, url)
+        return coordinator
+
+    def _ensure_genesis(self) -> None:
+        if self.store.latest_version() is None:
+            blob = tensors.encode_state(self.model.state_dict(), compress=self.config.network.enable_compression)
+            self.store.record_genesis(self.peer.blobs.put_bytes(blob), len(blob))
+
+    # -- lifecycle ---------------------------------------------------------------------
+    async def run(self) -> None:
+        """Run rounds until the job's last round is committed or ``stop()`` is called."""
+        await self.bus.subscribe(self.topics.updates)
+        await self.bus.subscribe(self.topics.liveness_all)
+        listener = self._spawn(self._listen())
+        total = self.config.federated.rounds
+        try:
+            round_number = self.store.last_committed_round() + 1
+            if round_number > 1:
+                log.info("resuming job %s at round %d", self.config.job_id, round_number)
+            while not self._stopping.is_set() and (total == 0 or round_number <= total):
+                await self._run_round(round_number)
+                round_number += 1
+        finally:
+            listener.cancel()
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def close(self) -> None:
+        self.stop()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.heartbeat.stop()
+        await self.bus.close()
+        await self.peer.close()
+        if self.broker is not None:
+            await self.broker.stop()
+        self.store.close()
+
+    def _spawn(self, coro) -> asyncio.Task:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    # -- inputs ------------------------------------------------------------------------
+    async def _listen(self) -> None:
+        async for topic, payload in self.bus.messages():
+            if topic == self.topics.updates:
+                self._spawn(self._on_update(payload, via="bus"))
+            elif topic.startswith(self.topics.prefix + "/liveness/"):
+                self.liveness.observe(payload)
+
+    def _live_trainers(self) -> list[bytes]:
+        alive = self.liveness.alive()
+        return [k for k, hb in alive.items() if hb.online and k != self.identity.public_key and self.config.admission.admits(k)]
+
+    def _reject(self, round_number: int, signer: bytes | None, name: str, rejection: UpdateRejected) -> None:
+        log.warning("round %d: rejected update from %s: %s", round_number, name or "?", rejection)
+        self.store.record_rejection(round_number, signer, name, rejection.reason, rejection.detail)
+
+    async def _on_update(self, payload: bytes, *, via: str) -> None:
+        current = self._collector
+        current_round = current.round if current else 0
+        try:
+            record, env = UpdateRecord.open(payload)
+        except SignatureError as exc:
+            return self._reject(current_round, None, "", UpdateRejected("bad_signature", str(exc)))
+        except DecodeError as exc:
+            return self._reject(current_round, None, "", UpdateRejected("malformed", str(exc)))
+        signer = env.signer
+        try:
+            if self.store.has_update(record.round, signer):
+                raise UpdateRejected("duplicate", f"round {record.round} already credited this trainer")
+            check_record(record, signer, self.config, current.announcement if current else None)
+            if not current.claim(signer, record):
+                return  # the same record again (bus and DHT both delivered it)
+        except UpdateRejected as rejection:
+            return self._reject(record.round, signer, record.node_name, rejection)
+        try:
+            contribution = await self._verify_blob(record, signer)
+            async with self._aggregate_lock:
+                if current is not self._collector:
+                    return  # the round closed while we verified
+                await asyncio.to_thread(current.strategy.add, contribution)
+                current.accept(signer, record)
+            log.info("round %d: accepted %s (%d samples, via %s)", record.round, record.node_name, record.num_samples, via)
+        except UpdateRejected as rejection:
+            current.release(signer)
+            self._reject(record.round, signer, record.node_name, rejection)
+
+    async def _verify_blob(self, record: UpdateRecord, signer: bytes) -> Contribution:
+        net = self.config.network
+        try:
+            providers = [parse_hostport(p) for p in record.providers]
+        except ValueError as exc:
+            raise UpdateRejected("bad_provider", str(exc)) from None
+        try:
+            await fetch_from_any(providers, record.blob_digest, self.peer.blobs, max_bytes=net.max_message_size, timeout=net.timeout)
+        except BlobError as exc:
+            raise UpdateRejected("blob_rejected", str(exc)) from None
+        data = await asyncio.to_thread(self.peer.blobs.read_bytes, record.blob_digest)
+        if len(data) != record.blob_size:
+            raise UpdateRejected("size_mismatch", f"blob is {len(data)} bytes, record says {record.blob_size}")
+        try:
+            delta = await asyncio.to_thread(tensors.decode_state, data, max_bytes=net.max_message_size)
+        except DecodeError as exc:
+            raise UpdateRejected("undecodable", str(exc)) from None
+        await asyncio.to_thread(check_tensors, delta, self._global_state)
+        return Contribution(signer, delta, record.num_samples)
+
+    async def _sweep_dht(self, collector: RoundCollector) -> None:
+        """Look in the DHT for selected trainers' update records that no bus notice brought."""
+        name = dht_update_name(self.config.job_id, collector.round)
+        while True:
+            await asyncio.sleep(max(0.5, self.config.federated.round_timeout / 10))
+            for key in collector.missing():
+                with contextlib.suppress(PrimeError):
+                    value = await self.peer.dht.get(key, name)
+                    if isinstance(value, dict) and isinstance(value.get("update"), bytes):
+                        self._spawn(self._on_update(value["update"], via="dht"))
+
+    # -- the round ---------------------------------------------------------------------
+    async def _run_round(self, round_number: int) -> None:
+        fed = self.config.federated
+        version, digest, size = self.store.latest_version()
+        model_bytes = await asyncio.to_thread(self.peer.blobs.read_bytes, digest)
+        self._global_state = await asyncio.to_thread(
+            tensors.decode_state, model_bytes, max_bytes=self.config.network.max_message_size
+        )
+        started, attempt = time.monotonic(), 0
+        while True:
+            attempt += 1
+            selected = await self._await_selection(round_number, attempt)
+            if selected is None:
+                return
+            collector = await self._announce(round_number, version, digest, size, selected)
+            sweeper = self._spawn(self._sweep_dht(collector))
+            try:
+                await asyncio.wait_for(collector.everyone_reported.wait(), collector.announcement.deadline - time.time())
+            except TimeoutError:
+                pass
+            finally:
+                sweeper.cancel()
+            async with self._aggregate_lock:
+                self._collector = None
+            if len(collector.accepted) >= fed.min_clients:
+                break
+            log.warning("round %d: %d of %d needed updates by the deadline; re-announcing",
+                        round_number, len(collector.accepted), fed.min_clients)
+        await self._commit(collector, time.monotonic() - started, attempt)
+
+    async def _await_selection(self, round_number: int, attempt: int) -> list[bytes] | None:
+        fed = self.config.federated
+        announced_wait = False
+        while not self._stopping.is_set():
+            selected = select_trainers(
+                self._live_trainers(), participation_rate=fed.participation_rate, min_clients=fed.min_clients,
+                job_id=self.config.job_id, round_number=round_number, attempt=attempt,
+            )
+            if selected:
+                return selected
+            if not announced_wait:
+                log.info("round %d: waiting for %d live admitted trainers", round_number, fed.min_clients)
+                announced_wait = True
+            await asyncio.sleep(0.1)
+        return None
+
+    async def _announce(self, round_number: int, version: int, digest: str, size: int, selected: list[bytes]) -> RoundCollector:
+        now = time.time()
+        announcement = RoundAnnouncement(
+            job_id=self.config.job_id, round=round_number, model_version=version, model_digest=digest,
+            model_size=size, providers=[self.peer.address_str], selected=selected,
+            deadline=now + self.config.federated.round_timeout, issued=now, total_rounds=self.config.federated.rounds,
+        )
+        collector = RoundCollector(announcement, build_strategy(self.config.federated.aggregation_strategy))
+        collector.strategy.begin(self._global_state)
+        self._collector = collector
+        sealed = announcement.seal(self.identity).to_bytes()
+        await self.bus.publish(self.topics.announce, sealed, retain=True)
+        with contextlib.suppress(PrimeError):
+            await self.peer.dht.put(self.identity, dht_announce_name(self.config.job_id), {"announcement": sealed},
+                                    ttl_s=self.config.federated.round_timeout * 2)
+        log.info("round %d announced: model v%d, %d trainers selected", round_number, version, len(selected))
+        return collector
+
+    async def _commit(self, collector: RoundCollector, seconds: float, attempts: int) -> None:
+        new_state, scores = await asyncio.to_thread(collector.strategy.finish)
+        blob = await asyncio.to_thread(tensors.encode_state, new_state, compress=self.config.network.enable_compression)
+        digest = await asyncio.to_thread(self.peer.blobs.put_bytes, blob)
+        accuracy, loss = await asyncio.to_thread(evaluate, self.model, new_state, self.test_data)
+        samples = {key: float(rec.num_samples) for key, rec in collector.accepted.items()}
+        pool = rewards.split_pool(rewards.to_micro(self.config.federated.reward_pool), samples)
+        commit = RoundCommit(collector.round, digest, len(blob), collector.accepted_updates(scores), pool,
+                             accuracy, loss, seconds, attempts)
+        version = self.store.commit_round(commit, self.identity)  # on the loop: one SQLite connection, one thread
+        log.info("round %d committed as v%d: %d updates, test accuracy %.4f, loss %.4f, %.2fs",
+                 collector.round, version, len(commit.updates), accuracy, loss, seconds)
+        committed = RoundCommitted(
+            job_id=self.config.job_id, round=collector.round, model_version=version, model_digest=digest,
+            total_rounds=self.config.federated.rounds, participants=len(commit.updates), accuracy=accuracy,
+            issued=time.time(),
+        )
+        await self.bus.publish(self.topics.committed, committed.seal(self.identity).to_bytes(), retain=True)

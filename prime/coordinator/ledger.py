@@ -1,0 +1,58 @@
+"""The reward ledger's hash chain: each entry commits to the one before it.
+
+An entry's hash is SHA-256 of its canonical encoding (which includes the previous
+hash); the coordinator signs that hash under the ``ledger`` domain. Anyone holding
+the coordinator's public key can re-verify the whole history.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+from prime.core import encoding
+from prime.core.envelope import Domain, signing_digest
+from prime.core.errors import SignatureError
+from prime.core.identity import Identity, verify
+
+GENESIS = b"\x00" * 32
+
+
+@dataclass(frozen=True)
+class LedgerEntry:
+    seq: int
+    round: int
+    node_key: bytes
+    amount: int  # micro-tokens
+    prev_hash: bytes
+    hash: bytes = b""
+    signature: bytes = b""
+
+    def body(self) -> bytes:
+        return encoding.pack(
+            {"seq": self.seq, "round": self.round, "node": self.node_key, "amount": self.amount, "prev": self.prev_hash}
+        )
+
+    def computed_hash(self) -> bytes:
+        return hashlib.sha256(self.body()).digest()
+
+
+def make_entry(identity: Identity, seq: int, round_number: int, node_key: bytes, amount: int, prev_hash: bytes) -> LedgerEntry:
+    draft = LedgerEntry(seq, round_number, node_key, amount, prev_hash)
+    digest = draft.computed_hash()
+    signature = identity.sign(signing_digest(Domain.LEDGER.value, digest))
+    return LedgerEntry(seq, round_number, node_key, amount, prev_hash, digest, signature)
+
+
+def verify_chain(entries: list[LedgerEntry], coordinator_key: bytes) -> None:
+    """Raise ``SignatureError`` at the first entry that breaks the chain or its signature."""
+    prev = GENESIS
+    for expected_seq, entry in enumerate(entries, start=1):
+        if entry.seq != expected_seq:
+            raise SignatureError(f"ledger entry {entry.seq}: expected sequence {expected_seq}")
+        if entry.prev_hash != prev:
+            raise SignatureError(f"ledger entry {entry.seq}: previous-hash link broken")
+        if entry.computed_hash() != entry.hash:
+            raise SignatureError(f"ledger entry {entry.seq}: contents do not match its hash")
+        verify(coordinator_key, signing_digest(Domain.LEDGER.value, entry.hash), entry.signature)
+        prev = entry.hash

@@ -1,0 +1,98 @@
+"""``prime-coordinator status``: what a coordinator's data dir says happened.
+
+Reads the SQLite database read-only, so it is safe while the daemon runs.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+from prime.coordinator.ledger import LedgerEntry, verify_chain
+from prime.core.errors import CoordinatorError, SignatureError
+from prime.core.identity import network_id
+from prime.core.rewards import MICRO
+
+DB_NAME = "coordinator.sqlite"
+
+
+def read_status(data_dir: str | Path) -> dict[str, Any]:
+    path = Path(data_dir) / DB_NAME
+    if not path.exists():
+        raise CoordinatorError(f"no coordinator database at {path}; is --data-dir right?")
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        return _collect(db)
+    finally:
+        db.close()
+
+
+def _collect(db: sqlite3.Connection) -> dict[str, Any]:
+    meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
+    names = {key: name for key, name in db.execute("SELECT DISTINCT node_key, node_name FROM updates")}
+
+    def who(key: bytes | None) -> str:
+        return names.get(key) or (network_id(key) if key else "?")
+
+    rounds = [
+        dict(zip(("round", "model_version", "participants", "samples", "accuracy", "loss", "seconds", "announcements"), r))
+        for r in db.execute(
+            "SELECT round, model_version, participants, samples, accuracy, loss, seconds, announcements FROM rounds ORDER BY round"
+        )
+    ]
+    versions = [
+        dict(zip(("version", "digest", "size", "round"), r))
+        for r in db.execute("SELECT version, digest, size, round FROM model_versions ORDER BY version")
+    ]
+    rejected = [
+        {"round": r, "node": who(k) if n == "" else n, "key": k.hex() if k else None, "reason": reason, "detail": detail}
+        for r, k, n, reason, detail in db.execute(
+            "SELECT round, node_key, node_name, reason, detail FROM rejections ORDER BY id"
+        )
+    ]
+    entries = [LedgerEntry(*row) for row in db.execute(
+        "SELECT seq, round, node_key, amount, prev_hash, hash, signature FROM ledger ORDER BY seq")]
+    balances: dict[str, float] = {}
+    for e in entries:
+        balances[who(e.node_key)] = balances.get(who(e.node_key), 0) + e.amount / MICRO
+    chain_ok, chain_error = True, None
+    if "coordinator_key" in meta:
+        try:
+            verify_chain(entries, bytes.fromhex(meta["coordinator_key"]))
+        except SignatureError as exc:
+            chain_ok, chain_error = False, str(exc)
+    return {
+        "job_id": meta.get("job_id"),
+        "coordinator_key": meta.get("coordinator_key"),
+        "rounds_committed": len(rounds),
+        "rounds": rounds,
+        "model_versions": versions,
+        "rejected_updates": rejected,
+        "rewards": dict(sorted(balances.items())),
+        "ledger_entries": len(entries),
+        "ledger_valid": chain_ok,
+        "ledger_error": chain_error,
+    }
+
+
+def format_status(status: dict[str, Any]) -> str:
+    lines = [f"job {status['job_id']}  coordinator key {status['coordinator_key']}",
+             f"committed rounds: {status['rounds_committed']}"]
+    if status["rounds"]:
+        lines.append("  round  version  trainers  samples  accuracy    loss  seconds")
+        for r in status["rounds"]:
+            acc = f"{r['accuracy']:.4f}" if r["accuracy"] is not None else "-"
+            loss = f"{r['loss']:.4f}" if r["loss"] is not None else "-"
+            lines.append(f"  {r['round']:>5}  {r['model_version']:>7}  {r['participants']:>8}  {r['samples']:>7}"
+                         f"  {acc:>8}  {loss:>6}  {r['seconds']:>7.2f}")
+    latest = status["model_versions"][-1] if status["model_versions"] else None
+    if latest:
+        lines.append(f"model versions: {len(status['model_versions'])} (latest v{latest['version']} {latest['digest'][:16]}…)")
+    lines.append(f"rejected updates: {len(status['rejected_updates'])}")
+    for rej in status["rejected_updates"]:
+        lines.append(f"  round {rej['round']:>4}  {rej['node']:<16} {rej['reason']}: {rej['detail']}")
+    lines.append(f"rewards (ledger {status['ledger_entries']} entries, chain {'valid' if status['ledger_valid'] else 'BROKEN: ' + str(status['ledger_error'])}):")
+    for node, amount in status["rewards"].items():
+        lines.append(f"  {node:<16} {amount:>12.6f}")
+    return "\n".join(lines)

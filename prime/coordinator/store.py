@@ -1,0 +1,167 @@
+"""The coordinator's durable state: one SQLite database, one transaction per commit.
+
+A round commit writes the new model version, the round row, the accepted updates
+and the reward entries in a single transaction, so after a crash the state is
+exactly the last committed round: never half a round, never a round twice. The
+unique ``(round, node_key)`` constraint on the ledger makes double crediting
+impossible even if the code above it were wrong.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from contextlib import closing
+from dataclasses import dataclass
+from pathlib import Path
+
+from prime.coordinator.ledger import GENESIS, LedgerEntry, make_entry
+from prime.core.errors import CoordinatorError
+from prime.core.identity import Identity
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS model_versions(
+    version INTEGER PRIMARY KEY, digest TEXT NOT NULL, size INTEGER NOT NULL,
+    round INTEGER NOT NULL, created REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS rounds(
+    round INTEGER PRIMARY KEY, model_version INTEGER NOT NULL REFERENCES model_versions(version),
+    participants INTEGER NOT NULL, samples INTEGER NOT NULL, accuracy REAL, loss REAL,
+    seconds REAL NOT NULL, announcements INTEGER NOT NULL, committed REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS updates(
+    round INTEGER NOT NULL, node_key BLOB NOT NULL, node_name TEXT NOT NULL, digest TEXT NOT NULL,
+    num_samples INTEGER NOT NULL, score REAL NOT NULL, PRIMARY KEY(round, node_key));
+CREATE TABLE IF NOT EXISTS rejections(
+    id INTEGER PRIMARY KEY, round INTEGER NOT NULL, node_key BLOB, node_name TEXT NOT NULL,
+    reason TEXT NOT NULL, detail TEXT NOT NULL, at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS ledger(
+    seq INTEGER PRIMARY KEY, round INTEGER NOT NULL, node_key BLOB NOT NULL, amount INTEGER NOT NULL,
+    prev_hash BLOB NOT NULL, hash BLOB NOT NULL, signature BLOB NOT NULL, UNIQUE(round, node_key));
+"""
+
+
+@dataclass(frozen=True)
+class AcceptedUpdate:
+    node_key: bytes
+    node_name: str
+    digest: str
+    num_samples: int
+    score: float
+
+
+@dataclass(frozen=True)
+class RoundCommit:
+    round: int
+    model_digest: str
+    model_size: int
+    updates: list[AcceptedUpdate]
+    rewards: dict[bytes, int]
+    accuracy: float | None
+    loss: float | None
+    seconds: float
+    announcements: int
+
+
+class CoordinatorStore:
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(self.path, isolation_level=None)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=FULL")
+        self.db.execute("PRAGMA foreign_keys=ON")
+        self.db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        self.db.close()
+
+    # -- job identity -----------------------------------------------------------------
+    def bind_job(self, job_id: str, coordinator_key: bytes) -> None:
+        """Refuse to reuse a data dir for another job or another coordinator key."""
+        for key, value in (("job_id", job_id), ("coordinator_key", coordinator_key.hex())):
+            row = self.db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+            if row is None:
+                self.db.execute("INSERT INTO meta(key, value) VALUES(?, ?)", (key, value))
+            elif row[0] != value:
+                raise CoordinatorError(
+                    f"{self.path} belongs to {key}={row[0]!r}, not {value!r}; use another --data-dir"
+                )
+
+    # -- reads ------------------------------------------------------------------------
+    def latest_version(self) -> tuple[int, str, int] | None:
+        """(version, digest, size) of the newest committed model, or None before genesis."""
+        return self.db.execute(
+            "SELECT version, digest, size FROM model_versions ORDER BY version DESC LIMIT 1"
+        ).fetchone()
+
+    def last_committed_round(self) -> int:
+        row = self.db.execute("SELECT MAX(round) FROM rounds").fetchone()
+        return int(row[0] or 0)
+
+    def has_update(self, round_number: int, node_key: bytes) -> bool:
+        return self.db.execute(
+            "SELECT 1 FROM updates WHERE round=? AND node_key=?", (round_number, node_key)
+        ).fetchone() is not None
+
+    def ledger(self) -> list[LedgerEntry]:
+        rows = self.db.execute(
+            "SELECT seq, round, node_key, amount, prev_hash, hash, signature FROM ledger ORDER BY seq"
+        ).fetchall()
+        return [LedgerEntry(*row) for row in rows]
+
+    # -- writes -----------------------------------------------------------------------
+    def record_genesis(self, digest: str, size: int) -> None:
+        if self.latest_version() is None:
+            self.db.execute(
+                "INSERT INTO model_versions(version, digest, size, round, created) VALUES(0, ?, ?, 0, ?)",
+                (digest, size, time.time()),
+            )
+
+    def record_rejection(self, round_number: int, node_key: bytes | None, node_name: str, reason: str, detail: str) -> None:
+        self.db.execute(
+            "INSERT INTO rejections(round, node_key, node_name, reason, detail, at) VALUES(?, ?, ?, ?, ?, ?)",
+            (round_number, node_key, node_name, reason, detail[:500], time.time()),
+        )
+
+    def commit_round(self, commit: RoundCommit, identity: Identity) -> int:
+        """Atomically commit a round; return the new model version."""
+        with closing(self.db.cursor()) as cur:
+            cur.execute("BEGIN IMMEDIATE")
+            try:
+                version = self._commit(cur, commit, identity)
+                cur.execute("COMMIT")
+                return version
+            except BaseException:
+                cur.execute("ROLLBACK")
+                raise
+
+    def _commit(self, cur: sqlite3.Cursor, commit: RoundCommit, identity: Identity) -> int:
+        last_round = int(cur.execute("SELECT COALESCE(MAX(round), 0) FROM rounds").fetchone()[0])
+        if commit.round != last_round + 1:
+            raise CoordinatorError(f"round {commit.round} cannot follow committed round {last_round}")
+        version = int(cur.execute("SELECT MAX(version) FROM model_versions").fetchone()[0]) + 1
+        now = time.time()
+        cur.execute(
+            "INSERT INTO model_versions(version, digest, size, round, created) VALUES(?, ?, ?, ?, ?)",
+            (version, commit.model_digest, commit.model_size, commit.round, now),
+        )
+        cur.execute(
+            "INSERT INTO rounds VALUES(?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (commit.round, version, len(commit.updates), sum(u.num_samples for u in commit.updates),
+             commit.accuracy, commit.loss, commit.seconds, commit.announcements, now),
+        )
+        cur.executemany(
+            "INSERT INTO updates VALUES(?, ?, ?, ?, ?, ?)",
+            [(commit.round, u.node_key, u.node_name, u.digest, u.num_samples, u.score) for u in commit.updates],
+        )
+        row = cur.execute("SELECT seq, hash FROM ledger ORDER BY seq DESC LIMIT 1").fetchone()
+        seq, prev = (row[0], row[1]) if row else (0, GENESIS)
+        for node_key in sorted(commit.rewards):
+            seq += 1
+            entry = make_entry(identity, seq, commit.round, node_key, commit.rewards[node_key], prev)
+            cur.execute(
+                "INSERT INTO ledger VALUES(?, ?, ?, ?, ?, ?, ?)",
+                (entry.seq, entry.round, entry.node_key, entry.amount, entry.prev_hash, entry.hash, entry.signature),
+            )
+            prev = entry.hash
+        return version

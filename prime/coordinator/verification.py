@@ -1,0 +1,50 @@
+"""Update verification: nothing from a trainer is used before every check passes.
+
+Two stages. ``check_record`` is cheap and runs on the signed record alone
+(signature already verified by the envelope): admission, job, round, model version,
+selection, duplicates. ``check_tensors`` runs on the decoded blob: names, shapes,
+dtypes and finiteness must match the global model. Each refusal is an
+``UpdateRejected`` with a short reason code that lands in the database.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from prime.core.config import JobConfig
+from prime.core.errors import UpdateRejected
+from prime.core.records import RoundAnnouncement, UpdateRecord
+
+
+def check_record(record: UpdateRecord, signer: bytes, config: JobConfig, announcement: RoundAnnouncement | None) -> None:
+    if not config.admission.admits(signer):
+        raise UpdateRejected("unknown_key", "signer is not an admitted trainer")
+    if record.job_id != config.job_id:
+        raise UpdateRejected("wrong_job", f"record is for job {record.job_id!r}")
+    if announcement is None or record.round != announcement.round:
+        current = announcement.round if announcement else "none"
+        raise UpdateRejected("wrong_round", f"update for round {record.round}, current round is {current}")
+    if record.model_version != announcement.model_version:
+        raise UpdateRejected(
+            "wrong_model_version", f"trained on v{record.model_version}, round uses v{announcement.model_version}"
+        )
+    if signer not in announcement.selected:
+        raise UpdateRejected("not_selected", f"not selected for round {record.round}")
+    if record.blob_size > config.network.max_message_size:
+        raise UpdateRejected("oversize", f"blob of {record.blob_size} bytes exceeds {config.network.max_message_size}")
+    if record.num_samples <= 0:
+        raise UpdateRejected("no_samples", "update claims zero samples")
+
+
+def check_tensors(delta: dict[str, torch.Tensor], reference: dict[str, torch.Tensor]) -> None:
+    if set(delta) != set(reference):
+        missing, extra = sorted(set(reference) - set(delta)), sorted(set(delta) - set(reference))
+        raise UpdateRejected("wrong_tensors", f"missing {missing[:3]}, unexpected {extra[:3]}")
+    for name, ref in reference.items():
+        value = delta[name]
+        if value.shape != ref.shape:
+            raise UpdateRejected("wrong_shape", f"{name}: {tuple(value.shape)} != {tuple(ref.shape)}")
+        if value.dtype != ref.dtype:
+            raise UpdateRejected("wrong_dtype", f"{name}: {value.dtype} != {ref.dtype}")
+        if not bool(torch.isfinite(value).all()):
+            raise UpdateRejected("not_finite", f"{name} has NaN or Inf")

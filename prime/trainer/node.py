@@ -1,0 +1,288 @@
+"""``TrainerNode``: an async trainer you can run from the CLI or embed in an asyncio app.
+
+Lifecycle: ``node = await TrainerNode.create(...)``, ``await node.start_training()``
+(returns when the job ends or ``stop()`` is called), ``await node.close()``; or
+``async with`` it. Per round it: verifies the coordinator's signed announcement,
+fetches the global model by digest, trains locally (FSDP2, in a worker thread so
+the event loop keeps serving), stores its update blob, signs an update record,
+puts it in the DHT under its own key, and sends the record as a notice on the bus.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from prime.bus.client import BusClient
+from prime.bus.liveness import Heartbeat
+from prime.bus.topics import Topics
+from prime.core import tensors
+from prime.core.config import JobConfig
+from prime.core.datasets import Split
+from prime.core.errors import DecodeError, PrimeError, TrainerError
+from prime.core.identity import Identity
+from prime.core.records import RoundAnnouncement, RoundCommitted, UpdateRecord, dht_update_name
+from prime.dht.blobservice import fetch_from_any
+from prime.dht.peer import Peer
+from prime.trainer.checkpoint import AUTO_PREFIX, CheckpointStore
+from prime.trainer.data import load_local_data, partition_for
+from prime.trainer.engine import EpochMetrics, LocalEngine
+from prime.core.net import parse_hostport
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MQTT_URL = "mqtt://127.0.0.1:1883"
+
+
+class TrainerNode:
+    def __init__(
+        self,
+        node_id: str,
+        config: JobConfig,
+        identity: Identity,
+        engine: LocalEngine,
+        peer: Peer,
+        checkpoints: CheckpointStore,
+        start_round: int,
+        mqtt_url: str,
+    ) -> None:
+        self.node_id = node_id
+        self.config = config
+        self.identity = identity
+        self.engine = engine
+        self.peer = peer
+        self.checkpoints = checkpoints
+        self.topics = Topics(config.job_id)
+        net, ft = config.network, config.fault_tolerance
+        self.heartbeat = Heartbeat(
+            identity, self.topics, interval=net.heartbeat_interval, name=node_id, info=self._heartbeat_info
+        )
+        self.bus = BusClient(
+            mqtt_url, f"trainer-{identity.network_id}", will=self.heartbeat.will,
+            max_retries=ft.max_retries, timeout=net.timeout,
+        )
+        self.coordinator_key = config.coordinator_public_key
+        self.last_submitted_round = start_round - 1
+        self.current_round = 0
+        self.is_training = False
+        self.metrics = EpochMetrics(0.0, 0.0, 0.0, 0)
+        self.rounds_trained = 0
+        self.dropped: dict[str, int] = {}
+        self._pending: RoundAnnouncement | None = None
+        self._wake = asyncio.Event()
+        self._finished = asyncio.Event()
+
+    # -- construction ------------------------------------------------------------------
+    @classmethod
+    async def create(
+        cls,
+        node_id: str,
+        config: JobConfig,
+        *,
+        data_dir: str | Path,
+        coordinators: list[tuple[str, int]],
+        mqtt_url: str | None = None,
+        listen: tuple[str, int] = ("127.0.0.1", 0),
+        start_round: int = 1,
+        data_partition: int | None = None,
+        model: nn.Module | None = None,
+        data: Split | None = None,
+    ) -> "TrainerNode":
+        """Open identity, local state, DHT and blob peer, and the bus; resume from checkpoints."""
+        if config.coordinator_public_key is None:
+            raise TrainerError("job config has no coordinator_key: trainers only follow a pinned coordinator")
+        data_dir = Path(data_dir)
+        identity = Identity.load_or_create(data_dir, node_id)
+        if data is None:
+            index = data_partition if data_partition is not None else partition_for(node_id, config.data.num_partitions)
+            data = load_local_data(config.data, index)
+        engine = await asyncio.to_thread(LocalEngine, config, data, model)
+        checkpoints = CheckpointStore(data_dir / "checkpoints", keep=config.fault_tolerance.max_checkpoints)
+        net = config.network
+        peer = await Peer.create(
+            data_dir, listen=listen, bootstrap=coordinators, timeout=net.timeout, max_blob_bytes=net.max_message_size
+        )
+        url = mqtt_url or net.mqtt_url or DEFAULT_MQTT_URL
+        node = cls(node_id, config, identity, engine, peer, checkpoints, start_round, url)
+        try:
+            await node.bus.connect()
+        except BaseException:
+            await peer.close()
+            raise
+        node._resume()
+        node.heartbeat.start(node.bus)
+        log.info("trainer %s (%s) up at %s, %d local samples", node_id, identity.network_id, peer.address_str, len(data))
+        return node
+
+    def _heartbeat_info(self) -> dict[str, Any]:
+        return {"round": self.current_round, "training": self.is_training, "addr": self.peer.address_str}
+
+    def _resume(self) -> None:
+        found = self.checkpoints.latest_good()
+        if found is None:
+            return
+        name, state = found
+        self.engine.load_state_dict(state["engine"])
+        self.last_submitted_round = max(self.last_submitted_round, int(state["last_submitted_round"]))
+        self.rounds_trained = int(state.get("rounds_trained", 0))
+        log.info("resumed from checkpoint %s (last submitted round %d)", name, self.last_submitted_round)
+
+    async def __aenter__(self) -> "TrainerNode":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # -- public API --------------------------------------------------------------------
+    def get_status(self) -> dict[str, Any]:
+        return {
+            "node_id": self.node_id,
+            "network_id": self.identity.network_id,
+            "public_key": self.identity.public_key_hex,
+            "address": self.peer.address_str,
+            "current_round": self.current_round,
+            "current_epoch": self.engine.epochs_done,
+            "is_training": self.is_training,
+            "rounds_trained": self.rounds_trained,
+            "last_submitted_round": self.last_submitted_round,
+            "dropped_messages": dict(self.dropped),
+        }
+
+    def get_training_metrics(self) -> dict[str, float]:
+        return {
+            "loss": self.metrics.loss,
+            "accuracy": self.metrics.accuracy,
+            "samples_per_second": self.metrics.samples_per_second,
+        }
+
+    async def save_checkpoint(self, name: str) -> Path:
+        state = await asyncio.to_thread(self.engine.state_dict)
+        payload = {"engine": state, "last_submitted_round": self.last_submitted_round, "rounds_trained": self.rounds_trained}
+        return await asyncio.to_thread(self.checkpoints.save, name, payload)
+
+    async def load_checkpoint(self, name: str) -> None:
+        payload = await asyncio.to_thread(self.checkpoints.load, name)
+        await asyncio.to_thread(self.engine.load_state_dict, payload["engine"])
+        self.last_submitted_round = int(payload["last_submitted_round"])
+        self.rounds_trained = int(payload.get("rounds_trained", 0))
+
+    def list_checkpoints(self) -> list[str]:
+        return self.checkpoints.list()
+
+    async def start_training(self) -> None:
+        """Follow the coordinator's rounds until the job finishes or ``stop()`` is called."""
+        await self.bus.subscribe(self.topics.announce)
+        await self.bus.subscribe(self.topics.committed)
+        listener = asyncio.create_task(self._listen(), name=f"{self.node_id}:listen")
+        try:
+            while not self._finished.is_set():
+                await self._wake.wait()
+                self._wake.clear()
+                announcement, self._pending = self._pending, None
+                if announcement is not None:
+                    await self._run_round(announcement)
+                if listener.done():
+                    listener.result()  # surface a dead listener instead of idling forever
+        finally:
+            listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await listener
+
+    def stop(self) -> None:
+        self._finished.set()
+        self._wake.set()
+
+    async def close(self) -> None:
+        self.stop()
+        await self.heartbeat.stop()
+        await self.bus.close()
+        await self.peer.close()
+
+    # -- the round ---------------------------------------------------------------------
+    def _drop(self, reason: str, detail: object) -> None:
+        self.dropped[reason] = self.dropped.get(reason, 0) + 1
+        log.warning("dropped %s: %s", reason, detail)
+
+    async def _listen(self) -> None:
+        async for topic, payload in self.bus.messages():
+            try:
+                if topic == self.topics.announce:
+                    record, _ = RoundAnnouncement.open(payload, signer=self.coordinator_key)
+                    self._on_announcement(record)
+                elif topic == self.topics.committed:
+                    committed, _ = RoundCommitted.open(payload, signer=self.coordinator_key)
+                    if committed.job_id == self.config.job_id and committed.job_finished:
+                        log.info("job %s finished at round %d", committed.job_id, committed.round)
+                        self.stop()
+            except DecodeError as exc:
+                self._drop("bad_" + topic.rsplit("/", 1)[-1], exc)
+
+    def _on_announcement(self, ann: RoundAnnouncement) -> None:
+        if ann.job_id != self.config.job_id:
+            return self._drop("wrong_job", ann.job_id)
+        self.current_round = max(self.current_round, ann.round)
+        if ann.round <= self.last_submitted_round or self.identity.public_key not in ann.selected:
+            return
+        max_epochs = self.config.training.max_epochs
+        if max_epochs and self.engine.epochs_done >= max_epochs:
+            return
+        self._pending = ann
+        self._wake.set()
+
+    async def _run_round(self, ann: RoundAnnouncement) -> None:
+        if time.time() > ann.deadline:
+            return self._drop("past_deadline", f"round {ann.round}")
+        net = self.config.network
+        self.is_training = True
+        try:
+            providers = [parse_hostport(p) for p in ann.providers]
+            await fetch_from_any(providers, ann.model_digest, self.peer.blobs, max_bytes=net.max_message_size, timeout=net.timeout)
+            model_bytes = await asyncio.to_thread(self.peer.blobs.read_bytes, ann.model_digest)
+            global_state = await asyncio.to_thread(tensors.decode_state, model_bytes, max_bytes=net.max_message_size)
+            delta, metrics = await asyncio.to_thread(
+                self.engine.train_epochs, global_state, self.config.federated.local_epochs
+            )
+            blob = await asyncio.to_thread(tensors.encode_state, delta, compress=net.enable_compression)
+            digest = await asyncio.to_thread(self.peer.blobs.put_bytes, blob)
+        except PrimeError as exc:
+            log.error("round %d abandoned: %s", ann.round, exc)
+            return
+        finally:
+            self.is_training = False
+        self.metrics = metrics
+        self.rounds_trained += 1
+        record = UpdateRecord(
+            job_id=self.config.job_id,
+            round=ann.round,
+            model_version=ann.model_version,
+            node_name=self.node_id[:64],
+            blob_digest=digest,
+            blob_size=len(blob),
+            num_samples=metrics.num_samples,
+            metrics={"loss": metrics.loss, "accuracy": metrics.accuracy},
+            providers=[self.peer.address_str],
+            issued=time.time(),
+        )
+        sealed = record.seal(self.identity).to_bytes()
+        await self._publish_update(ann.round, sealed)
+        self.last_submitted_round = ann.round
+        if self.rounds_trained % self.config.fault_tolerance.checkpoint_interval == 0:
+            await self.save_checkpoint(f"{AUTO_PREFIX}{ann.round:06d}")
+        log.info("round %d: trained %d samples, loss %.4f, acc %.3f, update %s…",
+                 ann.round, metrics.num_samples, metrics.loss, metrics.accuracy, digest[:12])
+
+    async def _publish_update(self, round_number: int, sealed: bytes) -> None:
+        """DHT first (the durable pointer), then the bus notice (the fast path)."""
+        name = dht_update_name(self.config.job_id, round_number)
+        ttl = max(self.config.federated.round_timeout * 4, 600.0)
+        try:
+            await self.peer.dht.put(self.identity, name, {"update": sealed}, ttl_s=ttl)
+        except PrimeError as exc:
+            log.warning("round %d: DHT put failed (%s); the bus notice still carries the record", round_number, exc)
+        await self.bus.publish(self.topics.updates, sealed)
