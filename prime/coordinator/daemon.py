@@ -108,16 +108,26 @@ class Coordinator:
         await self.bus.subscribe(self.topics.updates)
         await self.bus.subscribe(self.topics.liveness_all)
         listener = self._spawn(self._listen())
-        total = self.config.federated.rounds
+        rounds = self._spawn(self._run_rounds())
+        stopped = self._spawn(self._stopping.wait())
         try:
-            round_number = self.store.last_committed_round() + 1
-            if round_number > 1:
-                log.info("resuming job %s at round %d", self.config.job_id, round_number)
-            while not self._stopping.is_set() and (total == 0 or round_number <= total):
-                await self._run_round(round_number)
-                round_number += 1
+            await asyncio.wait({rounds, stopped, listener}, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            listener.cancel()
+            for task in (listener, rounds, stopped):
+                task.cancel()
+        for task in (rounds, listener):
+            if task.done() and not task.cancelled() and task.exception():
+                raise task.exception()
+
+    async def _run_rounds(self) -> None:
+        total = self.config.federated.rounds
+        round_number = self.store.last_committed_round() + 1
+        if round_number > 1:
+            log.info("resuming job %s at round %d", self.config.job_id, round_number)
+        while total == 0 or round_number <= total:
+            await self._run_round(round_number)
+            round_number += 1
+        log.info("job %s complete: %d rounds committed", self.config.job_id, total)
 
     def stop(self) -> None:
         self._stopping.set()
@@ -229,8 +239,6 @@ class Coordinator:
         while True:
             attempt += 1
             selected = await self._await_selection(round_number, attempt)
-            if selected is None:
-                return
             collector = await self._announce(round_number, version, digest, size, selected)
             sweeper = self._spawn(self._sweep_dht(collector))
             try:
@@ -247,10 +255,10 @@ class Coordinator:
                         round_number, len(collector.accepted), fed.min_clients)
         await self._commit(collector, time.monotonic() - started, attempt)
 
-    async def _await_selection(self, round_number: int, attempt: int) -> list[bytes] | None:
+    async def _await_selection(self, round_number: int, attempt: int) -> list[bytes]:
         fed = self.config.federated
         announced_wait = False
-        while not self._stopping.is_set():
+        while True:
             selected = select_trainers(
                 self._live_trainers(), participation_rate=fed.participation_rate, min_clients=fed.min_clients,
                 job_id=self.config.job_id, round_number=round_number, attempt=attempt,
@@ -261,7 +269,6 @@ class Coordinator:
                 log.info("round %d: waiting for %d live admitted trainers", round_number, fed.min_clients)
                 announced_wait = True
             await asyncio.sleep(0.1)
-        return None
 
     async def _announce(self, round_number: int, version: int, digest: str, size: int, selected: list[bytes]) -> RoundCollector:
         now = time.time()

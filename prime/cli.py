@@ -1,0 +1,94 @@
+"""``prime``: the umbrella command — ``demo``, ``keygen``, ``broker``, ``dht-node``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from pathlib import Path
+
+from prime.console import LOG_LEVELS, hostport, hostport_list, run_main, setup_logging
+from prime.core.identity import Identity
+
+
+def keygen(args: argparse.Namespace) -> int:
+    """Create (or reuse) a node key and print its public key for the operator to admit."""
+    identity = Identity.load_or_create(args.data_dir, args.name or "")
+    info = {"public_key": identity.public_key_hex, "network_id": identity.network_id,
+            "key_file": str(Path(args.data_dir) / "node.key")}
+    print(json.dumps(info) if args.json else identity.public_key_hex)
+    return 0
+
+
+def broker(args: argparse.Namespace) -> int:
+    from prime.bus.broker import run_broker
+
+    setup_logging(args.log_level, "broker")
+    run_broker(*args.listen)
+    return 0
+
+
+def dht_node(args: argparse.Namespace) -> int:
+    """A bare DHT peer: a stable bootstrap point that stores and serves signed records."""
+    from prime.dht.node import DHTNode
+
+    setup_logging(args.log_level, "dht")
+
+    async def run(on_stop) -> int:
+        host, port = args.listen
+        node = await DHTNode.create(host=host, port=port, bootstrap=args.bootstrap)
+        stopped = asyncio.Event()
+        on_stop(stopped.set)
+        print(f"dht node listening on {host}:{port}", flush=True)
+        try:
+            await stopped.wait()
+        finally:
+            await node.close()
+        return 0
+
+    return run_main(run)
+
+
+def demo(args: argparse.Namespace) -> int:
+    from prime.demo import run_demo
+
+    return run_demo(trainers=args.trainers, rounds=args.rounds, workdir=args.workdir, as_json=args.json,
+                    local_epochs=args.local_epochs)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="prime", description="prime: verifiable federated training.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    d = sub.add_parser("demo", help="run a local network: broker, DHT, coordinator and N trainers on digits")
+    d.add_argument("--trainers", type=int, default=4)
+    d.add_argument("--rounds", type=int, default=20)
+    d.add_argument("--local-epochs", type=int, default=2)
+    d.add_argument("--workdir", type=Path, help="where configs, logs, keys and models go (default ./runs/demo-TIME)")
+    d.add_argument("--json", action="store_true", help="print only the final summary as one JSON object")
+    d.set_defaults(func=demo)
+
+    k = sub.add_parser("keygen", help="create or show a node key; prints the public key to admit")
+    k.add_argument("--data-dir", type=Path, required=True)
+    k.add_argument("--name", help="human-readable node name")
+    k.add_argument("--json", action="store_true")
+    k.set_defaults(func=keygen)
+
+    b = sub.add_parser("broker", help="run the embedded MQTT broker (loopback only)")
+    b.add_argument("--listen", type=hostport, default=("127.0.0.1", 1883))
+    b.add_argument("--log-level", choices=LOG_LEVELS, default="warning")
+    b.set_defaults(func=broker)
+
+    n = sub.add_parser("dht-node", help="run a bare DHT bootstrap node")
+    n.add_argument("--listen", type=hostport, required=True)
+    n.add_argument("--bootstrap", type=hostport_list, default=[])
+    n.add_argument("--log-level", choices=LOG_LEVELS, default="warning")
+    n.set_defaults(func=dht_node)
+
+    args = p.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

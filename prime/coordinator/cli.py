@@ -1,0 +1,63 @@
+"""``prime-coordinator``: run the round daemon, or ``status`` to inspect its data dir."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from prime.console import LOG_LEVELS, hostport, hostport_list, run_main, setup_logging
+from prime.coordinator.daemon import Coordinator
+from prime.coordinator.status import format_status, read_status
+from prime.core.config import load_config
+from prime.core.errors import PrimeError
+
+
+def status_main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="prime-coordinator status", description="Show a coordinator's committed state.")
+    p.add_argument("--data-dir", required=True, type=Path)
+    p.add_argument("--json", action="store_true", help="one JSON object instead of tables")
+    args = p.parse_args(argv)
+    try:
+        status = read_status(args.data_dir)
+    except PrimeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(status, indent=2) if args.json else format_status(status))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["status"]:
+        return status_main(argv[1:])
+    p = argparse.ArgumentParser(
+        prog="prime-coordinator", description="Run federated rounds. Subcommand: status --data-dir DIR [--json]."
+    )
+    p.add_argument("--config", required=True, type=Path, help="job config (TOML or JSON)")
+    p.add_argument("--data-dir", required=True, type=Path, help="state dir: key, SQLite database, model blobs")
+    p.add_argument("--listen", type=hostport, default=("127.0.0.1", 7000), help="HOST:PORT for DHT (UDP) and blobs (TCP)")
+    p.add_argument("--mqtt-url", help="MQTT broker URL (default: the job config's, else an embedded broker on 127.0.0.1:1883)")
+    p.add_argument("--bootstrap", type=hostport_list, default=[], help="extra DHT peers HOST:PORT[,…]")
+    p.add_argument("--log-level", choices=LOG_LEVELS, default="info")
+    args = p.parse_args(argv)
+    setup_logging(args.log_level, "coordinator")
+
+    async def run(on_stop) -> int:
+        config = load_config(args.config)
+        coordinator = await Coordinator.create(
+            config, data_dir=args.data_dir, listen=args.listen, mqtt_url=args.mqtt_url, bootstrap=args.bootstrap
+        )
+        on_stop(coordinator.stop)
+        try:
+            await coordinator.run()
+        finally:
+            await coordinator.close()
+        return 0
+
+    return run_main(run)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,63 @@
+"""A network peer: DHT node (UDP) and blob service (TCP) on one address.
+
+Trainers and coordinators both are peers: they publish small signed pointer
+records in the DHT and serve the blobs those records name. One ``HOST:PORT``
+serves both protocols (UDP and TCP share the number), which is what
+``--coordinators HOST:PORT`` and ``--listen HOST:PORT`` refer to.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prime.core.errors import DHTError
+from prime.core.net import free_port
+from prime.dht.blobservice import BlobServer
+from prime.dht.blobstore import BlobStore
+from prime.dht.node import DHTNode
+
+
+class Peer:
+    def __init__(self, dht: DHTNode, blobs: BlobStore, blob_server: BlobServer) -> None:
+        self.dht = dht
+        self.blobs = blobs
+        self.blob_server = blob_server
+
+    @classmethod
+    async def create(
+        cls,
+        data_dir: str | Path,
+        *,
+        listen: tuple[str, int] = ("127.0.0.1", 0),
+        bootstrap: list[tuple[str, int]] = (),
+        timeout: float = 5.0,
+        max_blob_bytes: int,
+    ) -> "Peer":
+        host, port = listen
+        port = port or free_port(host)
+        blobs = BlobStore(Path(data_dir) / "blobs")
+        blob_server = await BlobServer.start(blobs, host=host, port=port, max_blob_bytes=max_blob_bytes)
+        try:
+            others = [addr for addr in bootstrap if addr != (host, port)]
+            dht = await DHTNode.create(host=host, port=port, bootstrap=others, timeout=timeout)
+        except BaseException:
+            await blob_server.close()
+            raise
+        if others and not dht.peers:
+            await dht.close()
+            await blob_server.close()
+            raise DHTError(f"no DHT peer answered at {', '.join(f'{h}:{p}' for h, p in others)}; are they running?")
+        return cls(dht, blobs, blob_server)
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return self.blob_server.address
+
+    @property
+    def address_str(self) -> str:
+        host, port = self.address
+        return f"{host}:{port}"
+
+    async def close(self) -> None:
+        await self.dht.close()
+        await self.blob_server.close()

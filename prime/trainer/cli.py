@@ -1,0 +1,52 @@
+"""``prime-trainer``: run one trainer node until the job ends."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from prime.console import LOG_LEVELS, hostport, hostport_list, run_main, setup_logging
+from prime.core.config import load_config
+from prime.trainer.node import TrainerNode
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="prime-trainer", description="Train locally and publish signed updates.")
+    p.add_argument("--node-id", required=True, help="human-readable node name, e.g. trainer-001")
+    p.add_argument("--config", required=True, type=Path, help="job config (TOML or JSON)")
+    p.add_argument("--coordinators", required=True, type=hostport_list, help="HOST:PORT[,HOST:PORT] of coordinators (DHT bootstrap)")
+    p.add_argument("--data-dir", type=Path, help="node state dir: key, blobs, checkpoints (default ./prime-data/NODE_ID)")
+    p.add_argument("--listen", type=hostport, default=("127.0.0.1", 0), help="HOST:PORT for DHT (UDP) and blobs (TCP)")
+    p.add_argument("--mqtt-url", help="MQTT broker URL (default: the job config's, else mqtt://127.0.0.1:1883)")
+    p.add_argument("--round", type=int, default=1, help="join from this round (skip earlier ones)")
+    p.add_argument("--data-partition", type=int, help="which shard of the job's dataset (default: hash of node id)")
+    p.add_argument("--log-level", choices=LOG_LEVELS, default="info")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    setup_logging(args.log_level, args.node_id)
+
+    async def run(on_stop) -> int:
+        config = load_config(args.config)
+        node = await TrainerNode.create(
+            args.node_id, config, data_dir=args.data_dir or Path("prime-data") / args.node_id,
+            coordinators=args.coordinators, mqtt_url=args.mqtt_url, listen=args.listen,
+            start_round=args.round, data_partition=args.data_partition,
+        )
+        on_stop(node.stop)
+        try:
+            await node.start_training()
+            print(json.dumps({**node.get_status(), **node.get_training_metrics()}), flush=True)
+        finally:
+            await node.close()
+        return 0
+
+    return run_main(run)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
