@@ -47,7 +47,8 @@ def demo_job(trainers: int, rounds: int, local_epochs: int, mqtt_url: str, coord
 class LocalNetwork:
     """Starts and stops the processes of a one-machine prime network under ``workdir``."""
 
-    def __init__(self, workdir: Path, trainers: int, rounds: int, local_epochs: int = 2, **overrides: Any) -> None:
+    def __init__(self, workdir: Path, trainers: int, rounds: int, local_epochs: int = 2, *,
+                 extra_admitted: dict[str, str] | None = None, **overrides: Any) -> None:
         self.workdir = Path(workdir).resolve()
         self.logs = self.workdir / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
@@ -56,6 +57,7 @@ class LocalNetwork:
         coordinator_key = Identity.load_or_create(self.coordinator_dir, "coordinator").public_key_hex
         self.trainer_names = [f"trainer-{i + 1:03d}" for i in range(trainers)]
         keys = {name: Identity.load_or_create(self.trainer_dir(name), name).public_key_hex for name in self.trainer_names}
+        keys.update(extra_admitted or {})
         self.config = demo_job(trainers, rounds, local_epochs, f"mqtt://127.0.0.1:{self.broker_port}",
                                coordinator_key, keys, **overrides)
         self.config_path = self.workdir / "job.toml"

@@ -74,7 +74,9 @@ class TrainerNode:
         self.metrics = EpochMetrics(0.0, 0.0, 0.0, 0)
         self.rounds_trained = 0
         self.dropped: dict[str, int] = {}
+        self._last_update: tuple[int, bytes] | None = None  # (round, sealed record) last submitted
         self._pending: RoundAnnouncement | None = None
+        self._background: set[asyncio.Task] = set()
         self._wake = asyncio.Event()
         self._finished = asyncio.Event()
 
@@ -227,7 +229,15 @@ class TrainerNode:
         if ann.job_id != self.config.job_id:
             return self._drop("wrong_job", ann.job_id)
         self.current_round = max(self.current_round, ann.round)
-        if ann.round <= self.last_submitted_round or self.identity.public_key not in ann.selected:
+        if self.identity.public_key not in ann.selected:
+            return
+        if self._last_update and self._last_update[0] == ann.round:
+            # Re-announced (e.g. the coordinator restarted): resend the same signed record, don't retrain.
+            resend = asyncio.create_task(self.bus.publish(self.topics.updates, self._last_update[1]))
+            self._background.add(resend)
+            resend.add_done_callback(self._background.discard)
+            return
+        if ann.round <= self.last_submitted_round:
             return
         max_epochs = self.config.training.max_epochs
         if max_epochs and self.engine.epochs_done >= max_epochs:
@@ -272,6 +282,7 @@ class TrainerNode:
         sealed = record.seal(self.identity).to_bytes()
         await self._publish_update(ann.round, sealed)
         self.last_submitted_round = ann.round
+        self._last_update = (ann.round, sealed)
         if self.rounds_trained % self.config.fault_tolerance.checkpoint_interval == 0:
             await self.save_checkpoint(f"{AUTO_PREFIX}{ann.round:06d}")
         log.info("round %d: trained %d samples, loss %.4f, acc %.3f, update %s…",
