@@ -235,10 +235,11 @@ class Coordinator:
         self._global_state = await asyncio.to_thread(
             tensors.decode_state, model_bytes, max_bytes=self.config.network.max_message_size
         )
-        started, attempt = time.monotonic(), 0
+        started, attempt = None, 0
         while True:
             attempt += 1
             selected = await self._await_selection(round_number, attempt)
+            started = started or time.monotonic()  # round time counts from the first announcement
             collector = await self._announce(round_number, version, digest, size, selected)
             sweeper = self._spawn(self._sweep_dht(collector))
             try:

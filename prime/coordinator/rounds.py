@@ -57,6 +57,7 @@ class RoundCollector:
 
     def accepted_updates(self, scores: dict[bytes, float]) -> list[AcceptedUpdate]:
         return [
-            AcceptedUpdate(key, rec.node_name, rec.blob_digest, rec.num_samples, scores.get(key, 0.0))
+            AcceptedUpdate(key, rec.node_name, rec.blob_digest, rec.num_samples, scores.get(key, 0.0),
+                           rec.metrics.get("train_seconds"))
             for key, rec in sorted(self.accepted.items())
         ]

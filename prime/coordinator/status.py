@@ -36,15 +36,20 @@ def _collect(db: sqlite3.Connection) -> dict[str, Any]:
         return names.get(key) or (network_id(key) if key else "?")
 
     rounds = [
-        dict(zip(("round", "model_version", "participants", "samples", "accuracy", "loss", "seconds", "announcements"), r))
+        dict(zip(("round", "model_version", "participants", "samples", "accuracy", "loss", "seconds", "announcements",
+                  "committed_at"), r))
         for r in db.execute(
-            "SELECT round, model_version, participants, samples, accuracy, loss, seconds, announcements FROM rounds ORDER BY round"
+            "SELECT round, model_version, participants, samples, accuracy, loss, seconds, announcements, committed"
+            " FROM rounds ORDER BY round"
         )
     ]
     versions = [
         dict(zip(("version", "digest", "size", "round"), r))
         for r in db.execute("SELECT version, digest, size, round FROM model_versions ORDER BY version")
     ]
+    slowest = dict(db.execute("SELECT round, MAX(train_seconds) FROM updates GROUP BY round").fetchall())
+    for row in rounds:
+        row["slowest_train_seconds"] = slowest.get(row["round"])
     rejected = [
         {"round": r, "node": who(k) if n == "" else n, "key": k.hex() if k else None, "reason": reason, "detail": detail}
         for r, k, n, reason, detail in db.execute(

@@ -30,7 +30,8 @@ CREATE TABLE IF NOT EXISTS rounds(
     seconds REAL NOT NULL, announcements INTEGER NOT NULL, committed REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS updates(
     round INTEGER NOT NULL, node_key BLOB NOT NULL, node_name TEXT NOT NULL, digest TEXT NOT NULL,
-    num_samples INTEGER NOT NULL, score REAL NOT NULL, PRIMARY KEY(round, node_key));
+    num_samples INTEGER NOT NULL, score REAL NOT NULL, train_seconds REAL,
+    PRIMARY KEY(round, node_key));
 CREATE TABLE IF NOT EXISTS rejections(
     id INTEGER PRIMARY KEY, round INTEGER NOT NULL, node_key BLOB, node_name TEXT NOT NULL,
     reason TEXT NOT NULL, detail TEXT NOT NULL, at REAL NOT NULL);
@@ -47,6 +48,7 @@ class AcceptedUpdate:
     digest: str
     num_samples: int
     score: float
+    train_seconds: float | None = None
 
 
 @dataclass(frozen=True)
@@ -151,8 +153,9 @@ class CoordinatorStore:
              commit.accuracy, commit.loss, commit.seconds, commit.announcements, now),
         )
         cur.executemany(
-            "INSERT INTO updates VALUES(?, ?, ?, ?, ?, ?)",
-            [(commit.round, u.node_key, u.node_name, u.digest, u.num_samples, u.score) for u in commit.updates],
+            "INSERT INTO updates VALUES(?, ?, ?, ?, ?, ?, ?)",
+            [(commit.round, u.node_key, u.node_name, u.digest, u.num_samples, u.score, u.train_seconds)
+             for u in commit.updates],
         )
         row = cur.execute("SELECT seq, hash FROM ledger ORDER BY seq DESC LIMIT 1").fetchone()
         seq, prev = (row[0], row[1]) if row else (0, GENESIS)

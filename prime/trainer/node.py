@@ -255,9 +255,11 @@ class TrainerNode:
             await fetch_from_any(providers, ann.model_digest, self.peer.blobs, max_bytes=net.max_message_size, timeout=net.timeout)
             model_bytes = await asyncio.to_thread(self.peer.blobs.read_bytes, ann.model_digest)
             global_state = await asyncio.to_thread(tensors.decode_state, model_bytes, max_bytes=net.max_message_size)
+            train_started = time.perf_counter()
             delta, metrics = await asyncio.to_thread(
                 self.engine.train_epochs, global_state, self.config.federated.local_epochs
             )
+            train_seconds = time.perf_counter() - train_started
             blob = await asyncio.to_thread(tensors.encode_state, delta, compress=net.enable_compression)
             digest = await asyncio.to_thread(self.peer.blobs.put_bytes, blob)
         except PrimeError as exc:
@@ -275,7 +277,7 @@ class TrainerNode:
             blob_digest=digest,
             blob_size=len(blob),
             num_samples=metrics.num_samples,
-            metrics={"loss": metrics.loss, "accuracy": metrics.accuracy},
+            metrics={"loss": metrics.loss, "accuracy": metrics.accuracy, "train_seconds": train_seconds},
             providers=[self.peer.address_str],
             issued=time.time(),
         )

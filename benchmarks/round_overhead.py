@@ -1,0 +1,69 @@
+"""Per-round wall time of a real 4-trainer network, split into training and protocol.
+
+Runs the demo network (broker, DHT node, coordinator, N trainers: separate processes
+on 127.0.0.1, digits MLP) and, for every round after the first, takes
+  wall     = time between consecutive commits (announce → train → verify → commit),
+  training = the slowest selected trainer's local training time (the critical path),
+  protocol = wall - training: everything prime adds (bus, blob transfers, DHT puts,
+             signing, verification, aggregation, evaluation, the SQLite commit).
+Prints medians and the protocol/training ratio measured in the same run.
+
+    python benchmarks/round_overhead.py [--trainers 4] [--rounds 20] [--local-epochs 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from prime.demo import LocalNetwork
+
+
+def measure(trainers: int, rounds: int, local_epochs: int, workdir: Path) -> dict[str, float]:
+    with LocalNetwork(workdir, trainers, rounds, local_epochs) as net:
+        net.start_all()
+        deadline = time.monotonic() + 60 + 10 * rounds
+        status = None
+        while time.monotonic() < deadline:
+            status = net.status()
+            if status and status["rounds_committed"] >= rounds:
+                break
+            time.sleep(0.2)
+        else:
+            sys.exit(f"timed out; status {status}")
+    rows = status["rounds"]
+    walls = [b["committed_at"] - a["committed_at"] for a, b in zip(rows, rows[1:])]
+    trains = [b["slowest_train_seconds"] for b in rows[1:]]
+    protocol = [w - t for w, t in zip(walls, trains)]
+    return {
+        "rounds": len(walls),
+        "wall": statistics.median(walls),
+        "training": statistics.median(trains),
+        "protocol": statistics.median(protocol),
+        "protocol_p90": sorted(protocol)[int(0.9 * (len(protocol) - 1))],
+        "accuracy": rows[-1]["accuracy"],
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--trainers", type=int, default=4)
+    p.add_argument("--rounds", type=int, default=20)
+    p.add_argument("--local-epochs", type=int, default=2)
+    args = p.parse_args()
+    with tempfile.TemporaryDirectory(prefix="prime-bench-") as tmp:
+        r = measure(args.trainers, args.rounds, args.local_epochs, Path(tmp))
+    print(f"round_overhead: {args.trainers} trainers, {r['rounds']} rounds measured, digits MLP, "
+          f"{args.local_epochs} local epochs, final accuracy {r['accuracy']:.4f}")
+    print(f"  median per round: wall {r['wall']:.3f} s = training {r['training']:.3f} s (slowest trainer) "
+          f"+ protocol {r['protocol']:.3f} s (p90 {r['protocol_p90']:.3f} s)")
+    print(f"round_overhead: prime protocol {r['protocol']:.3f} s/round, training {r['training']:.3f} s/round, "
+          f"protocol/training ratio {r['protocol'] / r['training']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
