@@ -128,6 +128,13 @@ class Coordinator:
             await self._run_round(round_number)
             round_number += 1
         log.info("job %s complete: %d rounds committed", self.config.job_id, total)
+        await self._await_trainers_offline(timeout=5.0)
+
+    async def _await_trainers_offline(self, timeout: float) -> None:
+        """Let trainers see the final commit and sign off before the bus (maybe embedded) goes."""
+        deadline = time.monotonic() + timeout
+        while self._live_trainers() and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
 
     def stop(self) -> None:
         self._stopping.set()
