@@ -184,7 +184,10 @@ class Coordinator:
             return self._reject(current_round, None, "", UpdateRejected("malformed", str(exc)))
         signer = env.signer
         try:
-            if self.store.has_update(record.round, signer):
+            committed = self.store.committed_update_digest(record.round, signer)
+            if committed == record.blob_digest:
+                return  # a late copy of an update already committed (bus resend, DHT sweep)
+            if committed is not None:
                 raise UpdateRejected("duplicate", f"round {record.round} already credited this trainer")
             check_record(record, signer, self.config, current.announcement if current else None)
             if not current.claim(signer, record):

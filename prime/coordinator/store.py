@@ -100,10 +100,12 @@ class CoordinatorStore:
         row = self.db.execute("SELECT MAX(round) FROM rounds").fetchone()
         return int(row[0] or 0)
 
-    def has_update(self, round_number: int, node_key: bytes) -> bool:
-        return self.db.execute(
-            "SELECT 1 FROM updates WHERE round=? AND node_key=?", (round_number, node_key)
-        ).fetchone() is not None
+    def committed_update_digest(self, round_number: int, node_key: bytes) -> str | None:
+        """Digest of ``node_key``'s update committed in ``round_number``, if any."""
+        row = self.db.execute(
+            "SELECT digest FROM updates WHERE round=? AND node_key=?", (round_number, node_key)
+        ).fetchone()
+        return row[0] if row else None
 
     def ledger(self) -> list[LedgerEntry]:
         rows = self.db.execute(
