@@ -17,6 +17,6 @@ def select_trainers(
 ) -> list[bytes]:
     if len(live) < min_clients:
         return []
-    count = min(len(live), max(min_clients, math.ceil(participation_rate * len(live))))
+    count = min(len(live), max(min_clients, math.ceil(round(participation_rate * len(live), 9))))
     seed = hashlib.sha256(f"{job_id}/{round_number}/{attempt}".encode()).digest()
     return sorted(random.Random(seed).sample(sorted(live), count))

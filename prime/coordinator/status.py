@@ -31,9 +31,16 @@ def read_status(data_dir: str | Path) -> dict[str, Any]:
 def _collect(db: sqlite3.Connection) -> dict[str, Any]:
     meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
     names = {key: name for key, name in db.execute("SELECT DISTINCT node_key, node_name FROM updates")}
+    shared = {n for n in names.values() if list(names.values()).count(n) > 1}
 
     def who(key: bytes | None) -> str:
-        return names.get(key) or (network_id(key) if key else "?")
+        """Trainers choose their own names: disambiguate a name two keys use."""
+        if key is None:
+            return "?"
+        name = names.get(key)
+        if name is None or name in shared:
+            return f"{name} ({network_id(key)})" if name else network_id(key)
+        return name
 
     rounds = [
         dict(zip(("round", "model_version", "participants", "samples", "accuracy", "loss", "seconds", "announcements",

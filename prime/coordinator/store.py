@@ -143,7 +143,10 @@ class CoordinatorStore:
         last_round = int(cur.execute("SELECT COALESCE(MAX(round), 0) FROM rounds").fetchone()[0])
         if commit.round != last_round + 1:
             raise CoordinatorError(f"round {commit.round} cannot follow committed round {last_round}")
-        version = int(cur.execute("SELECT MAX(version) FROM model_versions").fetchone()[0]) + 1
+        latest = cur.execute("SELECT MAX(version) FROM model_versions").fetchone()[0]
+        if latest is None:
+            raise CoordinatorError("cannot commit a round before the genesis model is recorded")
+        version = int(latest) + 1
         now = time.time()
         cur.execute(
             "INSERT INTO model_versions(version, digest, size, round, created) VALUES(?, ?, ?, ?, ?)",

@@ -8,6 +8,7 @@ federated job silently running with defaults wastes everyone's compute.
 from __future__ import annotations
 
 import json
+import re
 import tomllib
 from enum import Enum
 from pathlib import Path
@@ -16,6 +17,9 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from prime.core.errors import ConfigError
+
+
+_HEX_KEY = re.compile(r"[0-9a-fA-F]{64}")
 
 
 class _Section(BaseModel):
@@ -145,12 +149,9 @@ class AdmissionConfig(_Section):
     @classmethod
     def _hex_keys(cls, value: dict[str, str]) -> dict[str, str]:
         for name, key in value.items():
-            try:
-                if len(bytes.fromhex(key)) != 32:
-                    raise ValueError
-            except ValueError:
-                raise ValueError(f"trainer {name!r}: key must be 64 hex digits (prime keygen prints it)") from None
-        return value
+            if not _HEX_KEY.fullmatch(key):
+                raise ValueError(f"trainer {name!r}: key must be 64 hex digits (prime keygen prints it)")
+        return {name: key.lower() for name, key in value.items()}
 
     @property
     def open(self) -> bool:
@@ -175,13 +176,9 @@ class JobConfig(_Section):
     @field_validator("coordinator_key")
     @classmethod
     def _hex_key(cls, value: str | None) -> str | None:
-        if value is not None:
-            try:
-                if len(bytes.fromhex(value)) != 32:
-                    raise ValueError
-            except ValueError:
-                raise ValueError("must be 64 hex digits (prime keygen prints it)") from None
-        return value
+        if value is not None and not _HEX_KEY.fullmatch(value):
+            raise ValueError("must be 64 hex digits (prime keygen prints it)")
+        return value.lower() if value else value
 
     @model_validator(mode="after")
     def _consistent(self) -> "JobConfig":
@@ -218,9 +215,11 @@ def load_config(path: str | Path) -> JobConfig:
     """Load a job config from a ``.toml`` or ``.json`` file."""
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"cannot read config {path}: not UTF-8 text") from None
     try:
         if path.suffix == ".json":
             data = json.loads(text)
@@ -243,15 +242,18 @@ def dump_toml(config: JobConfig) -> str:
     def scalar(v: Any) -> str:
         return json.dumps(v)
 
+    def key(k: str) -> str:
+        return k if re.fullmatch(r"[A-Za-z0-9_-]+", k) else json.dumps(k)
+
     def table(prefix: str, d: dict[str, Any]) -> None:
         plain = {k: v for k, v in d.items() if not isinstance(v, dict)}
         nested = {k: v for k, v in d.items() if isinstance(v, dict)}
         if prefix:
             out.append(f"\n[{prefix}]")
         for k, v in plain.items():
-            out.append(f"{k} = {scalar(v)}")
+            out.append(f"{key(k)} = {scalar(v)}")
         for k, v in nested.items():
-            table(f"{prefix}.{k}" if prefix else k, v)
+            table(f"{prefix}.{key(k)}" if prefix else key(k), v)
 
     table("", data)
     return "\n".join(out).lstrip() + "\n"

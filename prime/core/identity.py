@@ -62,7 +62,8 @@ class Identity:
         path.parent.mkdir(parents=True, exist_ok=True)
         identity = cls.generate(name)
         tmp = path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        tmp.unlink(missing_ok=True)  # a stale temp file could carry wider permissions
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             os.write(fd, identity.signing_key.encode().hex().encode() + b"\n")
             os.fsync(fd)
@@ -79,6 +80,8 @@ class Identity:
             text = path.read_text().strip()
         except OSError as exc:
             raise IdentityError(f"cannot read key file {path}: {exc}") from None
+        except UnicodeDecodeError:
+            raise IdentityError(f"key file {path} is not a hex Ed25519 seed (binary content)") from None
         if mode & 0o077:
             raise IdentityError(
                 f"key file {path} has mode {mode:o}; it must be private: chmod 600 {path}"

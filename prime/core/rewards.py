@@ -6,6 +6,8 @@ pool through rounding: the largest-remainder method hands out the leftovers.
 
 from __future__ import annotations
 
+from fractions import Fraction
+
 MICRO = 1_000_000
 
 
@@ -15,11 +17,11 @@ def to_micro(tokens: float) -> int:
 
 def split_pool(pool_micro: int, weights: dict[bytes, float]) -> dict[bytes, int]:
     """Split ``pool_micro`` proportionally to ``weights``; the parts sum to the pool exactly."""
-    positive = {k: w for k, w in weights.items() if w > 0}
+    positive = {k: Fraction(w) for k, w in weights.items() if w > 0}
     total = sum(positive.values())
     if pool_micro <= 0 or total <= 0:
         return {}
-    exact = {k: pool_micro * w / total for k, w in positive.items()}
+    exact = {k: pool_micro * w / total for k, w in positive.items()}  # exact rationals: no float drift
     shares = {k: int(v) for k, v in exact.items()}
     leftover = pool_micro - sum(shares.values())
     for key in sorted(exact, key=lambda k: (exact[k] - shares[k], k), reverse=True)[:leftover]:

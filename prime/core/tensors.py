@@ -47,6 +47,8 @@ def decode_state(data: bytes, *, max_bytes: int) -> StateDict:
             raise DecodeError(f"corrupt compressed tensor blob: {exc}") from None
         if len(raw) > max_bytes or inflater.unconsumed_tail:
             raise DecodeError(f"decompressed tensor blob exceeds cap {max_bytes}")
+        if not inflater.eof:
+            raise DecodeError("compressed tensor blob is truncated")
         data = raw
     try:
         return st_load(bytes(data))

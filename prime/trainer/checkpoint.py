@@ -73,7 +73,10 @@ class CheckpointStore:
             raise TrainerError(f"no checkpoint named {name!r} in {self.root}") from None
         if hashlib.sha256(data).hexdigest() != expected:
             raise TrainerError(f"checkpoint {path} is corrupt (digest mismatch)")
-        return torch.load(io.BytesIO(data), weights_only=True)
+        try:
+            return torch.load(io.BytesIO(data), weights_only=True)
+        except Exception as exc:  # weights_only refuses anything but tensors and plain values
+            raise TrainerError(f"checkpoint {path} cannot be loaded safely: {exc}") from None
 
     def list(self) -> list[str]:
         """Names of complete checkpoints (those with a digest), oldest first."""

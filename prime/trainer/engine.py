@@ -46,7 +46,7 @@ def _plain(tensor: torch.Tensor) -> torch.Tensor:
     """A full CPU tensor, whatever FSDP2 handed back (some paths return a DTensor)."""
     if isinstance(tensor, DTensor):
         tensor = tensor.full_tensor()
-    return tensor.detach().to("cpu")
+    return tensor.detach().to("cpu", copy=True)  # on CPU .to() would alias the live parameters
 
 
 def shard_model(model: nn.Module) -> nn.Module:

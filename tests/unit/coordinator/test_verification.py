@@ -1,0 +1,100 @@
+"""Update verification: each rejection reason from check_record and check_tensors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from prime.coordinator.verification import check_record, check_tensors
+from prime.core.config import parse_config
+from prime.core.errors import UpdateRejected
+from prime.core.identity import Identity
+from prime.core.records import RoundAnnouncement, UpdateRecord
+
+ALICE = Identity.from_seed(b"a" * 32)
+BOB = Identity.from_seed(b"b" * 32)
+EVE = Identity.from_seed(b"e" * 32)
+CONFIG = parse_config({
+    "job_id": "job",
+    "admission": {"trainers": {"alice": ALICE.public_key_hex, "bob": BOB.public_key_hex}},
+    "federated": {"min_clients": 1},
+    "network": {"max_message_size": 1000},
+})
+ANN = RoundAnnouncement(job_id="job", round=3, model_version=2, model_digest="ab" * 32, model_size=10,
+                        providers=[], selected=[ALICE.public_key], deadline=1.0, issued=0.0, total_rounds=0)
+
+
+def record(**kw) -> UpdateRecord:
+    base = dict(job_id="job", round=3, model_version=2, node_name="alice", blob_digest="cd" * 32, blob_size=500,
+                num_samples=10, metrics={}, providers=[], issued=0.0)
+    return UpdateRecord(**{**base, **kw})
+
+
+def reason(fn, *args) -> str | None:
+    try:
+        fn(*args)
+    except UpdateRejected as exc:
+        assert str(exc).startswith(exc.reason)
+        return exc.reason
+    return None
+
+
+def test_valid_record_passes():
+    assert reason(check_record, record(), ALICE.public_key, CONFIG, ANN) is None
+    assert reason(check_record, record(blob_size=1000), ALICE.public_key, CONFIG, ANN) is None
+
+
+@pytest.mark.parametrize(
+    "changes, signer, expected",
+    [
+        ({}, EVE.public_key, "unknown_key"),
+        ({"job_id": "other"}, ALICE.public_key, "wrong_job"),
+        ({"round": 2}, ALICE.public_key, "wrong_round"),
+        ({"round": 4}, ALICE.public_key, "wrong_round"),
+        ({"model_version": 1}, ALICE.public_key, "wrong_model_version"),
+        ({}, BOB.public_key, "not_selected"),
+        ({"blob_size": 1001}, ALICE.public_key, "oversize"),
+        ({"num_samples": 0}, ALICE.public_key, "no_samples"),
+    ],
+)
+def test_each_rejection_reason(changes, signer, expected):
+    assert reason(check_record, record(**changes), signer, CONFIG, ANN) == expected
+
+
+def test_no_open_round_is_wrong_round():
+    assert reason(check_record, record(), ALICE.public_key, CONFIG, None) == "wrong_round"
+
+
+def test_open_job_admits_any_key():
+    open_cfg = parse_config({"job_id": "job"})
+    ann = ANN.model_copy(update={"selected": [EVE.public_key]})
+    assert reason(check_record, record(), EVE.public_key, open_cfg, ann) is None
+
+
+def reference() -> dict[str, torch.Tensor]:
+    return {"w": torch.zeros(3, 2), "b": torch.zeros(2)}
+
+
+def test_valid_tensors_pass():
+    check_tensors({"w": torch.randn(3, 2), "b": torch.randn(2)}, reference())
+
+
+@pytest.mark.parametrize(
+    "delta, expected, detail",
+    [
+        ({"w": torch.zeros(3, 2)}, "wrong_tensors", "missing ['b']"),
+        ({"w": torch.zeros(3, 2), "b": torch.zeros(2), "x": torch.zeros(1)}, "wrong_tensors", "unexpected ['x']"),
+        ({"w": torch.zeros(2, 3), "b": torch.zeros(2)}, "wrong_shape", "w"),
+        ({"w": torch.zeros(6), "b": torch.zeros(2)}, "wrong_shape", "w"),
+        ({"w": torch.zeros(3, 2), "b": torch.zeros(2, dtype=torch.float64)}, "wrong_dtype", "b"),
+        ({"w": torch.zeros(3, 2), "b": torch.zeros(2, dtype=torch.float16)}, "wrong_dtype", "b"),
+        ({"w": torch.tensor([[0.0, float("nan")], [0, 0], [0, 0]]), "b": torch.zeros(2)}, "not_finite", "w"),
+        ({"w": torch.zeros(3, 2), "b": torch.tensor([float("inf"), 0.0])}, "not_finite", "b"),
+        ({"w": torch.zeros(3, 2), "b": torch.tensor([0.0, float("-inf")])}, "not_finite", "b"),
+    ],
+)
+def test_tensor_rejections(delta, expected, detail):
+    with pytest.raises(UpdateRejected) as info:
+        check_tensors(delta, reference())
+    assert info.value.reason == expected
+    assert detail in info.value.detail
