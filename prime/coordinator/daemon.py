@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import Counter
 from pathlib import Path
 
 from prime.bus.broker import EmbeddedBroker
@@ -35,10 +36,13 @@ from prime.core.net import parse_hostport
 from prime.core.records import RoundAnnouncement, RoundCommitted, UpdateRecord, dht_announce_name, dht_update_name
 from prime.dht.blobservice import fetch_from_any
 from prime.dht.peer import Peer
+from prime.telemetry import METRICS_FILE, MetricsFile
 
 log = logging.getLogger(__name__)
 
 EMBEDDED_BROKER = ("127.0.0.1", 1883)
+#: Anonymous (unsigned or undecodable) rejections written to the database per round; the rest are counted.
+MAX_UNATTRIBUTED_RECORDED = 20
 
 
 class Coordinator:
@@ -66,6 +70,10 @@ class Coordinator:
         self._aggregate_lock = asyncio.Lock()
         self._tasks: set[asyncio.Task] = set()
         self._stopping = asyncio.Event()
+        self.accepted_updates = 0
+        self.rejected: Counter[str] = Counter()
+        self._unattributed_recorded: Counter[int] = Counter()
+        self.metrics_file = MetricsFile(store.path.parent / METRICS_FILE, self._metrics)
 
     @classmethod
     async def create(
@@ -94,6 +102,7 @@ class Coordinator:
         await coordinator.bus.connect()
         coordinator._ensure_genesis()
         coordinator.heartbeat.start(coordinator.bus)
+        coordinator.metrics_file.start()
         log.info("coordinator %s for job %s at %s, bus %s", identity.network_id, config.job_id, peer.address_str, url)
         return coordinator
 
@@ -144,6 +153,7 @@ class Coordinator:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.metrics_file.stop()
         await self.heartbeat.stop()
         await self.bus.close()
         await self.peer.close()
@@ -169,7 +179,28 @@ class Coordinator:
         alive = self.liveness.alive()
         return [k for k, hb in alive.items() if hb.online and k != self.identity.public_key and self.config.admission.admits(k)]
 
+    def _metrics(self) -> dict:
+        return {
+            "role": "coordinator",
+            "round": self._collector.round if self._collector else None,
+            "rounds_committed": self.store.last_committed_round(),
+            "updates": {"accepted": self.accepted_updates, "rejected": dict(self.rejected)},
+            **self.peer.metrics(),
+            "bus": self.bus.metrics,
+            "liveness": {"accepted": self.liveness.accepted, "dropped": dict(self.liveness.dropped)},
+        }
+
     def _reject(self, round_number: int, signer: bytes | None, name: str, rejection: UpdateRejected) -> None:
+        """Count every refusal; record it in the database unless it is anonymous junk past a cap.
+
+        Garbage that names no verifiable sender costs an attacker nothing to send, so only the
+        first few per round go to the database (and the log); the rest are only counted.
+        """
+        self.rejected[rejection.reason] += 1
+        if signer is None:
+            self._unattributed_recorded[round_number] += 1
+            if self._unattributed_recorded[round_number] > MAX_UNATTRIBUTED_RECORDED:
+                return
         log.warning("round %d: rejected update from %s: %s", round_number, name or "?", rejection)
         self.store.record_rejection(round_number, signer, name, rejection.reason, rejection.detail)
 
@@ -201,6 +232,7 @@ class Coordinator:
                     return  # the round closed while we verified
                 await asyncio.to_thread(current.strategy.add, contribution)
                 current.accept(signer, record)
+                self.accepted_updates += 1
             log.info("round %d: accepted %s (%d samples, via %s)", record.round, record.node_name, record.num_samples, via)
         except UpdateRejected as rejection:
             current.release(signer)

@@ -58,6 +58,10 @@ class Peer:
         host, port = self.address
         return f"{host}:{port}"
 
+    def metrics(self) -> dict:
+        """DHT and blob-service counters, for the node's metrics file."""
+        return {"dht": self.dht.metrics, "blob_server": self.blob_server.metrics}
+
     async def close(self) -> None:
         await self.dht.close()
         await self.blob_server.close()

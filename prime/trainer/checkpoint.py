@@ -17,25 +17,11 @@ from typing import Any
 
 import torch
 
+from prime.atomic import write_atomic
 from prime.core.errors import TrainerError
 
 _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 AUTO_PREFIX = "round-"
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so readers see the old file or the new one, never half."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 class CheckpointStore:

@@ -30,6 +30,7 @@ from prime.core.identity import Identity
 from prime.core.records import RoundAnnouncement, RoundCommitted, UpdateRecord, dht_update_name
 from prime.dht.blobservice import fetch_from_any
 from prime.dht.peer import Peer
+from prime.telemetry import METRICS_FILE, MetricsFile
 from prime.trainer.checkpoint import AUTO_PREFIX, CheckpointStore
 from prime.trainer.data import load_local_data, partition_for
 from prime.trainer.engine import EpochMetrics, LocalEngine
@@ -77,6 +78,7 @@ class TrainerNode:
         self._last_update: tuple[int, bytes] | None = None  # (round, sealed record) last submitted
         self._pending: RoundAnnouncement | None = None
         self._background: set[asyncio.Task] = set()
+        self.metrics_file = MetricsFile(checkpoints.root.parent / METRICS_FILE, self._metrics)
         self._wake = asyncio.Event()
         self._finished = asyncio.Event()
 
@@ -119,6 +121,7 @@ class TrainerNode:
             raise
         node._resume()
         node.heartbeat.start(node.bus)
+        node.metrics_file.start()
         log.info("trainer %s (%s) up at %s, %d local samples", node_id, identity.network_id, peer.address_str, len(data))
         return node
 
@@ -163,6 +166,10 @@ class TrainerNode:
             "samples_per_second": self.metrics.samples_per_second,
         }
 
+    def _metrics(self) -> dict:
+        return {"role": "trainer", **self.get_status(), "training": self.get_training_metrics(),
+                **self.peer.metrics(), "bus": self.bus.metrics}
+
     async def save_checkpoint(self, name: str) -> Path:
         state = await asyncio.to_thread(self.engine.state_dict)
         payload = {"engine": state, "last_submitted_round": self.last_submitted_round, "rounds_trained": self.rounds_trained}
@@ -202,6 +209,7 @@ class TrainerNode:
 
     async def close(self) -> None:
         self.stop()
+        await self.metrics_file.stop()
         await self.heartbeat.stop()
         await self.bus.close()
         await self.peer.close()
