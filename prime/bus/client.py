@@ -233,6 +233,12 @@ class BusClient:
                 last = exc
                 self.metrics.failed_attempts += 1
                 log.debug("bus connect to %s failed (attempt %d): %s", self.url, attempt + 1, exc)
+                if _auth_refused(exc):  # retrying the same credentials cannot help
+                    who = f"user {self.url.username!r}" if self.url.username is not None else "no username"
+                    raise BusError(
+                        f"MQTT broker {self.url} refused {self.client_id!r} ({who}): {exc}. "
+                        "Check the username and password in the bus URL and the broker's password file/ACL"
+                    ) from None
                 continue
             for topic, qos in self._subscriptions.items():
                 try:
@@ -349,6 +355,18 @@ class BusClient:
                 if self._closed:
                     return
                 await self._reconnect(generation, exc)
+
+
+#: CONNACK codes meaning "these credentials are not accepted": MQTT 3.1.1 (4, 5) and
+#: the MQTT 5 codes paho maps them to (134 bad user name or password, 135 not authorized).
+_AUTH_REFUSED = frozenset({4, 5, 134, 135})
+
+
+def _auth_refused(exc: Exception) -> bool:
+    if not isinstance(exc, aiomqtt.MqttCodeError):
+        return False
+    value = getattr(exc.rc, "value", exc.rc)
+    return isinstance(value, int) and value in _AUTH_REFUSED
 
 
 def _refused(code: object) -> bool:

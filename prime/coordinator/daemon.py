@@ -33,7 +33,14 @@ from prime.core.errors import BlobError, CoordinatorError, DecodeError, PrimeErr
 from prime.core.identity import Identity
 from prime.core.models import build_model
 from prime.core.net import parse_hostport
-from prime.core.records import RoundAnnouncement, RoundCommitted, UpdateRecord, dht_announce_name, dht_update_name
+from prime.core.records import (
+    COMMITTED_TTL,
+    RoundAnnouncement,
+    RoundCommitted,
+    UpdateRecord,
+    dht_announce_name,
+    dht_update_name,
+)
 from prime.dht.blobservice import fetch_from_any
 from prime.dht.peer import Peer
 from prime.telemetry import METRICS_FILE, MetricsFile
@@ -71,6 +78,7 @@ class Coordinator:
         self._tasks: set[asyncio.Task] = set()
         self._stopping = asyncio.Event()
         self.accepted_updates = 0
+        self.late_copies = 0
         self.rejected: Counter[str] = Counter()
         self._unattributed_recorded: Counter[int] = Counter()
         self.metrics_file = MetricsFile(store.path.parent / METRICS_FILE, self._metrics)
@@ -80,6 +88,11 @@ class Coordinator:
         cls, config: JobConfig, *, data_dir: str | Path, listen: tuple[str, int] = ("127.0.0.1", 0),
         mqtt_url: str | None = None, bootstrap: list[tuple[str, int]] = (),
     ) -> "Coordinator":
+        if not config.admission.open and not config.admission.trainers:
+            raise CoordinatorError(
+                "no trainer is admitted: list public keys (prime keygen prints them) under [admission.trainers], "
+                "or set admission.open = true"
+            )
         data_dir = Path(data_dir)
         identity = Identity.load_or_create(data_dir, "coordinator")
         if config.coordinator_public_key not in (None, identity.public_key):
@@ -184,7 +197,8 @@ class Coordinator:
             "role": "coordinator",
             "round": self._collector.round if self._collector else None,
             "rounds_committed": self.store.last_committed_round(),
-            "updates": {"accepted": self.accepted_updates, "rejected": dict(self.rejected)},
+            "updates": {"accepted": self.accepted_updates, "rejected": dict(self.rejected),
+                        "late_copies": self.late_copies},
             **self.peer.metrics(),
             "bus": self.bus.metrics,
             "liveness": {"accepted": self.liveness.accepted, "dropped": dict(self.liveness.dropped)},
@@ -217,10 +231,13 @@ class Coordinator:
         try:
             committed = self.store.committed_update_digest(record.round, signer)
             if committed == record.blob_digest:
-                return  # a late copy of an update already committed (bus resend, DHT sweep)
+                if record.round >= self.store.last_committed_round():
+                    self.late_copies += 1  # a straggling copy of the round just committed (bus resend, DHT sweep)
+                    return
+                raise UpdateRejected("replay", f"update already committed in round {record.round}")
             if committed is not None:
                 raise UpdateRejected("duplicate", f"round {record.round} already credited this trainer")
-            check_record(record, signer, self.config, current.announcement if current else None)
+            check_record(record, signer, self.config, current.announcement if current else None, time.time())
             if not current.claim(signer, record):
                 return  # the same record again (bus and DHT both delivered it)
         except UpdateRejected as rejection:
@@ -247,7 +264,8 @@ class Coordinator:
         try:
             await fetch_from_any(providers, record.blob_digest, self.peer.blobs, max_bytes=net.max_message_size, timeout=net.timeout)
         except BlobError as exc:
-            raise UpdateRejected("blob_rejected", str(exc)) from None
+            reason = {"tampered": "tampered_blob", "oversize": "oversize"}.get(exc.reason, "blob_unavailable")
+            raise UpdateRejected(reason, str(exc)) from None
         data = await asyncio.to_thread(self.peer.blobs.read_bytes, record.blob_digest)
         if len(data) != record.blob_size:
             raise UpdateRejected("size_mismatch", f"blob is {len(data)} bytes, record says {record.blob_size}")
@@ -255,8 +273,8 @@ class Coordinator:
             delta = await asyncio.to_thread(tensors.decode_state, data, max_bytes=net.max_message_size)
         except DecodeError as exc:
             raise UpdateRejected("undecodable", str(exc)) from None
-        await asyncio.to_thread(check_tensors, delta, self._global_state)
-        return Contribution(signer, delta, record.num_samples)
+        await asyncio.to_thread(check_tensors, delta, self._global_state, self.config.security.max_update_norm)
+        return Contribution(signer, delta, self.config.admission.weight(signer, record.num_samples))
 
     async def _sweep_dht(self, collector: RoundCollector) -> None:
         """Look in the DHT for selected trainers' update records that no bus notice brought."""
@@ -318,7 +336,8 @@ class Coordinator:
         announcement = RoundAnnouncement(
             job_id=self.config.job_id, round=round_number, model_version=version, model_digest=digest,
             model_size=size, providers=[self.peer.address_str], selected=selected,
-            deadline=now + self.config.federated.round_timeout, issued=now, total_rounds=self.config.federated.rounds,
+            deadline=now + self.config.federated.round_timeout, issued=now,
+            expires=now + self.config.federated.round_timeout, total_rounds=self.config.federated.rounds,
         )
         collector = RoundCollector(announcement, build_strategy(self.config.federated.aggregation_strategy))
         collector.strategy.begin(self._global_state)
@@ -336,7 +355,9 @@ class Coordinator:
         blob = await asyncio.to_thread(tensors.encode_state, new_state, compress=self.config.network.enable_compression)
         digest = await asyncio.to_thread(self.peer.blobs.put_bytes, blob)
         accuracy, loss = await asyncio.to_thread(evaluate, self.model, new_state, self.test_data)
-        samples = {key: float(rec.num_samples) for key, rec in collector.accepted.items()}
+        # Rewards go to listed trainers only (open jobs let strangers help, not get paid).
+        samples = {key: float(rec.num_samples) for key, rec in collector.accepted.items()
+                   if self.config.admission.listed(key)}
         pool = rewards.split_pool(rewards.to_micro(self.config.federated.reward_pool), samples)
         commit = RoundCommit(collector.round, digest, len(blob), collector.accepted_updates(scores), pool,
                              accuracy, loss, seconds, attempts)
@@ -346,6 +367,6 @@ class Coordinator:
         committed = RoundCommitted(
             job_id=self.config.job_id, round=collector.round, model_version=version, model_digest=digest,
             total_rounds=self.config.federated.rounds, participants=len(commit.updates), accuracy=accuracy,
-            issued=time.time(),
+            issued=time.time(), expires=time.time() + COMMITTED_TTL,
         )
         await self.bus.publish(self.topics.committed, committed.seal(self.identity).to_bytes(), retain=True)

@@ -3,7 +3,7 @@
 Two stages. ``check_record`` is cheap and runs on the signed record alone
 (signature already verified by the envelope): admission, job, round, model version,
 selection, duplicates. ``check_tensors`` runs on the decoded blob: names, shapes,
-dtypes and finiteness must match the global model. Each refusal is an
+dtypes must match the global model, values must be finite and the L2 norm bounded. Each refusal is an
 ``UpdateRejected`` with a short reason code that lands in the database.
 """
 
@@ -13,12 +13,19 @@ import torch
 
 from prime.core.config import JobConfig
 from prime.core.errors import UpdateRejected
-from prime.core.records import RoundAnnouncement, UpdateRecord
+from prime.core.records import RoundAnnouncement, UpdateRecord, freshness_error
 
 
-def check_record(record: UpdateRecord, signer: bytes, config: JobConfig, announcement: RoundAnnouncement | None) -> None:
+def check_record(
+    record: UpdateRecord, signer: bytes, config: JobConfig, announcement: RoundAnnouncement | None, now: float
+) -> None:
+    security = config.security
     if not config.admission.admits(signer):
         raise UpdateRejected("unknown_key", "signer is not an admitted trainer")
+    stale = freshness_error(record.issued, record.expires, now,
+                            max_skew=security.max_clock_skew, max_ttl=security.record_ttl)
+    if stale:
+        raise UpdateRejected(stale, f"issued {record.issued:.0f}, expires {record.expires:.0f}, now {now:.0f}")
     if record.job_id != config.job_id:
         raise UpdateRejected("wrong_job", f"record is for job {record.job_id!r}")
     if announcement is None or record.round != announcement.round:
@@ -34,9 +41,13 @@ def check_record(record: UpdateRecord, signer: bytes, config: JobConfig, announc
         raise UpdateRejected("oversize", f"blob of {record.blob_size} bytes exceeds {config.network.max_message_size}")
     if record.num_samples <= 0:
         raise UpdateRejected("no_samples", "update claims zero samples")
+    if record.num_samples > security.max_samples_per_update:
+        raise UpdateRejected(
+            "too_many_samples", f"claims {record.num_samples} samples, cap is {security.max_samples_per_update}"
+        )
 
 
-def check_tensors(delta: dict[str, torch.Tensor], reference: dict[str, torch.Tensor]) -> None:
+def check_tensors(delta: dict[str, torch.Tensor], reference: dict[str, torch.Tensor], max_norm: float = 0.0) -> None:
     if set(delta) != set(reference):
         missing, extra = sorted(set(reference) - set(delta)), sorted(set(delta) - set(reference))
         raise UpdateRejected("wrong_tensors", f"missing {missing[:3]}, unexpected {extra[:3]}")
@@ -48,3 +59,7 @@ def check_tensors(delta: dict[str, torch.Tensor], reference: dict[str, torch.Ten
             raise UpdateRejected("wrong_dtype", f"{name}: {value.dtype} != {ref.dtype}")
         if not bool(torch.isfinite(value).all()):
             raise UpdateRejected("not_finite", f"{name} has NaN or Inf")
+    if max_norm > 0:
+        norm = float(torch.sqrt(sum(v.to(torch.float64).pow(2).sum() for v in delta.values())))
+        if norm > max_norm:
+            raise UpdateRejected("norm_too_large", f"L2 norm {norm:.4g} exceeds the bound {max_norm:.4g}")

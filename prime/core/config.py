@@ -105,6 +105,19 @@ class FaultToleranceConfig(_Section):
     max_checkpoints: int = Field(5, gt=0)
 
 
+class SecurityConfig(_Section):
+    """Freshness windows and bounds every signed record and update must meet."""
+
+    #: Seconds a record's issue time may lie ahead of the receiver's clock.
+    max_clock_skew: float = Field(30.0, ge=0.0)
+    #: Seconds a signed update record stays valid after it is issued.
+    record_ttl: float = Field(600.0, gt=0.0)
+    #: Largest L2 norm of an update (local minus global weights); 0 disables the bound.
+    max_update_norm: float = Field(1000.0, ge=0.0)
+    #: Largest sample count one update may claim (its aggregation weight).
+    max_samples_per_update: int = Field(1_000_000, gt=0)
+
+
 class ModelConfig(_Section):
     """The model every participant builds; only ``mlp`` ships today."""
 
@@ -141,9 +154,13 @@ class DataConfig(_Section):
 class AdmissionConfig(_Section):
     """Which trainer keys may contribute: ``trainers`` maps a name to a public key (hex).
 
-    With an empty table every key is admitted (open job)."""
+    A closed job (the default) takes updates only from listed keys. An ``open`` job takes
+    them from any key, but caps an unlisted key's weight at ``open_max_samples`` and pays
+    rewards only to listed keys, so fresh keys buy neither influence nor tokens."""
 
     trainers: dict[str, str] = {}
+    open: bool = False
+    open_max_samples: int = Field(1000, gt=0)
 
     @field_validator("trainers")
     @classmethod
@@ -153,12 +170,15 @@ class AdmissionConfig(_Section):
                 raise ValueError(f"trainer {name!r}: key must be 64 hex digits (prime keygen prints it)")
         return {name: key.lower() for name, key in value.items()}
 
-    @property
-    def open(self) -> bool:
-        return not self.trainers
+    def listed(self, public_key: bytes) -> bool:
+        return public_key.hex() in self.trainers.values()
 
     def admits(self, public_key: bytes) -> bool:
-        return self.open or public_key.hex() in self.trainers.values()
+        return self.open or self.listed(public_key)
+
+    def weight(self, public_key: bytes, num_samples: int) -> int:
+        """Aggregation weight of an update: unlisted keys in open jobs are capped."""
+        return num_samples if self.listed(public_key) else min(num_samples, self.open_max_samples)
 
 
 class JobConfig(_Section):
@@ -172,6 +192,7 @@ class JobConfig(_Section):
     network: NetworkConfig = NetworkConfig()
     fault_tolerance: FaultToleranceConfig = FaultToleranceConfig()
     admission: AdmissionConfig = AdmissionConfig()
+    security: SecurityConfig = SecurityConfig()
 
     @field_validator("coordinator_key")
     @classmethod
@@ -183,7 +204,7 @@ class JobConfig(_Section):
     @model_validator(mode="after")
     def _consistent(self) -> "JobConfig":
         n = len(self.admission.trainers)
-        if n and self.federated.min_clients > n:
+        if n and not self.admission.open and self.federated.min_clients > n:
             raise ValueError(f"federated.min_clients={self.federated.min_clients} exceeds the {n} admitted trainers")
         return self
 

@@ -33,7 +33,14 @@ class DHTError(PrimeError):
 
 
 class BlobError(PrimeError):
-    """A blob could not be stored, served or fetched (size cap, digest mismatch, peer gone)."""
+    """A blob could not be stored, served or fetched (size cap, digest mismatch, peer gone).
+
+    ``reason`` is ``"tampered"`` (bytes did not match the digest), ``"oversize"`` (over the
+    cap) or ``"unavailable"`` (anything else: not found, stalled, connection lost)."""
+
+    def __init__(self, message: str, reason: str = "unavailable") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class BusError(PrimeError):

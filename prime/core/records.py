@@ -55,6 +55,7 @@ class RoundAnnouncement(_Record):
     selected: list[bytes] = Field(max_length=4096)
     deadline: float
     issued: float
+    expires: float
     #: Rounds the job runs in total (0: forever); lets trainers know when to stop.
     total_rounds: int = Field(ge=0)
 
@@ -73,6 +74,7 @@ class UpdateRecord(_Record):
     metrics: dict[str, float] = Field(max_length=16)
     providers: list[str] = Field(max_length=8)
     issued: float
+    expires: float
 
 
 class RoundCommitted(_Record):
@@ -87,10 +89,32 @@ class RoundCommitted(_Record):
     participants: int = Field(ge=0)
     accuracy: float | None = None
     issued: float
+    expires: float
 
     @property
     def job_finished(self) -> bool:
         return self.total_rounds > 0 and self.round >= self.total_rounds
+
+
+#: How long a committed-round record stays valid (it is retained, and tells late joiners the job ended).
+COMMITTED_TTL = 30 * 24 * 3600.0
+
+
+def freshness_error(issued: float, expires: float, now: float, *, max_skew: float, max_ttl: float) -> str | None:
+    """Why a signed record is not fresh (a reason code), or None if it is.
+
+    Every signed record carries when it was issued and when it expires; a record from
+    the future (beyond the allowed clock skew), an expired one, or one claiming a longer
+    life than its kind allows is refused, which bounds how long a captured record can
+    be replayed.
+    """
+    if issued > now + max_skew:
+        return "from_future"
+    if expires < now:
+        return "expired"
+    if expires - issued > max_ttl + max_skew:
+        return "ttl_too_long"
+    return None
 
 
 def dht_update_name(job_id: str, round_number: int) -> str:

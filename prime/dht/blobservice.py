@@ -314,7 +314,8 @@ async def _receive(
     if status is not BlobStatus.OK:
         raise BlobError(f"blob provider {where} answered {status.value} for {digest}")
     if size > max_bytes:
-        raise BlobError(f"blob {digest} at {where} is {size} bytes, over the {max_bytes}-byte limit; not fetched")
+        raise BlobError(f"blob {digest} at {where} is {size} bytes, over the {max_bytes}-byte limit; not fetched",
+                        reason="oversize")
     with store.open_writer(expected_digest=digest, max_bytes=size) as blob:
         remaining = size
         while remaining > 0:
@@ -327,7 +328,7 @@ async def _receive(
         try:
             blob.commit()
         except BlobError as exc:
-            raise BlobError(f"blob from {where} failed verification: {exc}") from None
+            raise BlobError(f"blob from {where} failed verification: {exc}", reason="tampered") from None
 
 
 async def fetch_from_any(
@@ -343,11 +344,14 @@ async def fetch_from_any(
     if store.has(digest):
         return store.path(digest)
     failures: list[str] = []
+    reasons: set[str] = set()
     for host, port in providers:
         try:
             return await fetch_blob(host, port, digest, store, max_bytes=max_bytes, timeout=timeout)
         except BlobError as exc:
             log.info("blob %s not fetched from %s:%s: %s", digest, host, port, exc)
             failures.append(f"{host}:{port}: {exc}")
+            reasons.add(exc.reason)
     detail = "; ".join(failures) if failures else "no providers given"
-    raise BlobError(f"could not fetch blob {digest} from any of {len(failures)} providers: {detail}")
+    reason = reasons.pop() if len(reasons) == 1 else "unavailable"
+    raise BlobError(f"could not fetch blob {digest} from any of {len(failures)} providers: {detail}", reason=reason)

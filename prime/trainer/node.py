@@ -27,7 +27,14 @@ from prime.core.config import JobConfig
 from prime.core.datasets import Split
 from prime.core.errors import DecodeError, PrimeError, TrainerError
 from prime.core.identity import Identity
-from prime.core.records import RoundAnnouncement, RoundCommitted, UpdateRecord, dht_update_name
+from prime.core.records import (
+    COMMITTED_TTL,
+    RoundAnnouncement,
+    RoundCommitted,
+    UpdateRecord,
+    dht_update_name,
+    freshness_error,
+)
 from prime.dht.blobservice import fetch_from_any
 from prime.dht.peer import Peer
 from prime.telemetry import METRICS_FILE, MetricsFile
@@ -224,14 +231,24 @@ class TrainerNode:
             try:
                 if topic == self.topics.announce:
                     record, _ = RoundAnnouncement.open(payload, signer=self.coordinator_key)
-                    self._on_announcement(record)
+                    if self._fresh(record, self.config.federated.round_timeout):
+                        self._on_announcement(record)
                 elif topic == self.topics.committed:
                     committed, _ = RoundCommitted.open(payload, signer=self.coordinator_key)
+                    if not self._fresh(committed, COMMITTED_TTL):
+                        continue
                     if committed.job_id == self.config.job_id and committed.job_finished:
                         log.info("job %s finished at round %d", committed.job_id, committed.round)
                         self.stop()
             except DecodeError as exc:
                 self._drop("bad_" + topic.rsplit("/", 1)[-1], exc)
+
+    def _fresh(self, record: RoundAnnouncement | RoundCommitted, max_ttl: float) -> bool:
+        stale = freshness_error(record.issued, record.expires, time.time(),
+                                max_skew=self.config.security.max_clock_skew, max_ttl=max_ttl)
+        if stale:
+            self._drop(f"{stale}_{type(record).__name__}", f"round {record.round}")
+        return stale is None
 
     def _on_announcement(self, ann: RoundAnnouncement) -> None:
         if ann.job_id != self.config.job_id:
@@ -287,7 +304,8 @@ class TrainerNode:
             num_samples=metrics.num_samples,
             metrics={"loss": metrics.loss, "accuracy": metrics.accuracy, "train_seconds": train_seconds},
             providers=[self.peer.address_str],
-            issued=time.time(),
+            issued=(now := time.time()),
+            expires=now + self.config.security.record_ttl,
         )
         sealed = record.seal(self.identity).to_bytes()
         await self._publish_update(ann.round, sealed)

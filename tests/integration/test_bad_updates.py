@@ -1,10 +1,21 @@
-"""Bad input against real processes: each forged or broken update is refused with a
-reason that shows up in ``status``, and the round still commits with the honest ones.
+"""Attacks against real processes: each is refused with its reason (visible in ``status``),
+honest trainers' updates commit, and the attacker earns nothing.
 
-An in-test attacker ("mallory", an admitted key that heartbeats and so gets selected)
-sends three updates for the round it is selected in: one signed by a key that was never
-admitted ("eve"), one that claims mallory as signer but carries eve's signature, and
-one correctly signed by mallory whose blob is tampered after its digest was taken.
+A coordinator, a DHT node, a broker and three honest trainers run as processes. The
+attacker runs in the test: "mallory" holds an admitted key, heartbeats so it gets
+selected, records honest update notices as they pass on the bus, and in a later round
+sends, one after another:
+
+- an update signed by a key the job never admitted ("eve")            → unknown_key
+- an update claiming mallory as signer but carrying eve's signature   → bad_signature
+- an honest trainer's update from round 1, replayed                   → replay
+- an update whose record has already expired                          → expired
+- an absurd sample count                                              → too_many_samples
+- a delta with NaN                                                    → not_finite
+- a delta of the wrong shape                                          → wrong_shape
+- a delta with a huge L2 norm                                         → norm_too_large
+- a blob over the size cap (the record lies about its size)           → oversize
+- a blob tampered with after its digest was signed                    → tampered_blob
 """
 
 from __future__ import annotations
@@ -19,7 +30,8 @@ import torch
 from prime.bus.client import BusClient
 from prime.bus.liveness import Heartbeat
 from prime.bus.topics import Topics
-from prime.core import encoding, tensors
+from prime.coordinator.status import read_status
+from prime.core import tensors
 from prime.core.envelope import Envelope
 from prime.core.identity import Identity
 from prime.core.models import build_model
@@ -31,77 +43,123 @@ from tests.integration.netutil import wait_for
 
 pytestmark = pytest.mark.slow
 
+MAX_BLOB = 1_000_000
 
-def test_forged_unknown_and_tampered_updates_are_refused(tmp_path):
+
+def test_attacks_are_refused_with_reasons_and_earn_nothing(tmp_path):
     mallory, eve = Identity.generate("mallory"), Identity.generate("eve")
-    net = LocalNetwork(tmp_path / "net", trainers=3, rounds=2, local_epochs=1,
-                       extra_admitted={"mallory": mallory.public_key_hex}, federated={"round_timeout": 5.0})
+    net = LocalNetwork(
+        tmp_path / "net", trainers=3, rounds=4, local_epochs=1, extra_admitted={"mallory": mallory.public_key_hex},
+        federated={"round_timeout": 15.0}, network={"max_message_size": MAX_BLOB},
+        security={"max_samples_per_update": 10_000, "max_update_norm": 100.0},
+    )
     try:
         net.start_all()
-        attacked_round = asyncio.run(_attack(net, mallory, eve, tmp_path / "mallory"))
-        status = wait_for(net, lambda s: s["rounds_committed"] >= attacked_round and s, 60, "the attacked round")
+        attacked = asyncio.run(Mallory(net, mallory, eve, tmp_path / "mallory").run())
+        status = wait_for(net, lambda s: s["rounds_committed"] >= 4 and s, 90, "all rounds")
     finally:
         net.stop_all()
 
-    reasons = {(r["round"], r["reason"]) for r in status["rejected_updates"]}
-    assert {(attacked_round, "unknown_key"), (attacked_round, "bad_signature"),
-            (attacked_round, "blob_rejected")} <= reasons, status["rejected_updates"]
-    committed = status["rounds"][attacked_round - 1]
-    assert committed["participants"] == 3  # the honest trainers, nobody else
+    got = {r["reason"] for r in status["rejected_updates"] if r["round"] in (attacked, 1)}
+    assert set(ATTACKS) <= got, status["rejected_updates"]
+    assert status["rounds"][attacked - 1]["participants"] == 3  # the honest trainers, nobody else
 
     honest = {Identity.load_or_create(net.trainer_dir(n)).public_key for n in net.trainer_names}
     db = sqlite3.connect(net.coordinator_dir / "coordinator.sqlite")
-    credited = {row[0] for row in db.execute("SELECT node_key FROM ledger")}
-    assert credited == honest  # the attacker earned nothing
-    assert mallory.public_key not in {row[0] for row in db.execute("SELECT node_key FROM updates")}
+    assert {row[0] for row in db.execute("SELECT node_key FROM ledger")} == honest  # attacker earned nothing
+    assert {row[0] for row in db.execute("SELECT node_key FROM updates")} == honest
+    per_round = db.execute("SELECT round, COUNT(*) FROM updates GROUP BY round").fetchall()
+    assert per_round == [(r, 3) for r in range(1, 5)]  # the replay was not credited twice
 
 
-async def _attack(net: LocalNetwork, mallory: Identity, eve: Identity, workdir) -> int:
-    config = net.config
-    topics = Topics(config.job_id)
-    heartbeat = Heartbeat(mallory, topics, interval=0.5, name="mallory")
-    store = BlobStore(workdir / "blobs")
-    server = await BlobServer.start(store, max_blob_bytes=config.network.max_message_size)
-    deadline = time.monotonic() + 60
-    try:
-        async with BusClient(config.network.mqtt_url, "mallory", will=heartbeat.will) as bus:
-            heartbeat.start(bus)
-            await bus.subscribe(topics.announce)
-            async for _, payload in bus.messages():
-                assert time.monotonic() < deadline, "mallory was never selected"
-                ann, _ = RoundAnnouncement.open(payload, signer=config.coordinator_public_key)
-                if mallory.public_key in ann.selected:
-                    await _send_bad_updates(bus, topics, ann, store, server, mallory, eve, config)
-                    await heartbeat.stop()
-                    return ann.round
-    finally:
-        await server.close()
-    raise AssertionError("announcement stream ended")
+ATTACKS = ["unknown_key", "bad_signature", "replay", "expired", "too_many_samples", "not_finite", "wrong_shape",
+           "norm_too_large", "oversize", "tampered_blob"]
 
 
-async def _send_bad_updates(bus, topics, ann, store, server, mallory, eve, config) -> None:
-    model = build_model(config.model)
-    blob = tensors.encode_state({k: torch.zeros_like(v) for k, v in model.state_dict().items()})
-    digest = store.put_bytes(blob)
-    host, port = server.address
+class Mallory:
+    def __init__(self, net: LocalNetwork, key: Identity, eve: Identity, workdir) -> None:
+        self.net, self.key, self.eve = net, key, eve
+        self.config = net.config
+        self.topics = Topics(self.config.job_id)
+        self.heartbeat = Heartbeat(key, self.topics, interval=0.5, name="mallory")
+        self.store = BlobStore(workdir / "blobs")
+        self.captured: dict[int, bytes] = {}  # round -> an honest trainer's sealed update
 
-    def record(name: str) -> UpdateRecord:
-        return UpdateRecord(job_id=config.job_id, round=ann.round, model_version=ann.model_version, node_name=name,
-                            blob_digest=digest, blob_size=len(blob), num_samples=100, metrics={},
-                            providers=[f"{host}:{port}"], issued=time.time())
+    async def run(self) -> int:
+        self.server = await BlobServer.start(self.store, max_blob_bytes=10 * MAX_BLOB)
+        deadline = time.monotonic() + 90
+        try:
+            async with BusClient(self.config.network.mqtt_url, "mallory", will=self.heartbeat.will) as bus:
+                self.bus = bus
+                await bus.subscribe(self.topics.announce)
+                await bus.subscribe(self.topics.updates)
+                async for topic, payload in bus.messages():
+                    assert time.monotonic() < deadline, "mallory never got a round to attack"
+                    if topic == self.topics.updates:
+                        record, _ = UpdateRecord.open(payload)
+                        self.captured.setdefault(record.round, payload)
+                        continue
+                    ann, _ = RoundAnnouncement.open(payload, signer=self.config.coordinator_public_key)
+                    if ann.round == 2 and self.heartbeat._task is None:
+                        self.heartbeat.start(bus)  # become live so round 3 or 4 selects us
+                    if ann.round >= 3 and self.key.public_key in ann.selected and 1 in self.captured:
+                        await self.attack(ann)
+                        await self.heartbeat.stop()
+                        return ann.round
+        finally:
+            await self.server.close()
+        raise AssertionError("announcement stream ended")
 
-    # 1. A well-formed update signed by a key the job never admitted.
-    await bus.publish(topics.updates, record("eve").seal(eve).to_bytes())
-    # 2. Claims to be from mallory (an admitted key) but the signature is eve's.
-    honest_looking = record("mallory").seal(eve)
-    forged = Envelope(honest_looking.domain, mallory.public_key, honest_looking.payload, honest_looking.signature)
-    await bus.publish(topics.updates, forged.to_bytes())
-    # 3. Correctly signed by mallory, but the bytes served no longer match the signed digest.
-    path = store.path(digest)
-    path.chmod(0o644)
-    tampered = bytearray(path.read_bytes())
-    tampered[-1] ^= 0xFF
-    path.write_bytes(bytes(tampered))
-    await bus.publish(topics.updates, record("mallory").seal(mallory).to_bytes())
-    await asyncio.sleep(1.0)  # let the coordinator fetch the tampered blob from our server
-    assert encoding.unpack(forged.to_bytes())["s"] == mallory.public_key
+    async def attack(self, ann: RoundAnnouncement) -> None:
+        shapes = {k: v.shape for k, v in build_model(self.config.model).state_dict().items()}
+        zeros = {k: torch.zeros(s) for k, s in shapes.items()}
+        good_blob = tensors.encode_state(zeros)
+
+        # Refused on the record alone.
+        await self.send(ann, "unknown_key", self.record(ann, good_blob, "eve").seal(self.eve).to_bytes())
+        looks_honest = self.record(ann, good_blob, "mallory").seal(self.eve)
+        forged = Envelope(looks_honest.domain, self.key.public_key, looks_honest.payload, looks_honest.signature)
+        await self.send(ann, "bad_signature", forged.to_bytes())
+        await self.send(ann, "replay", self.captured[1], round_of_reason=1)
+        old = time.time() - 3600
+        await self.send(ann, "expired", self.seal(self.record(ann, good_blob, issued=old, expires=old + 600)))
+        await self.send(ann, "too_many_samples", self.seal(self.record(ann, good_blob, num_samples=10**9)))
+
+        # Refused after fetching and decoding the blob.
+        nan = {**zeros, "head.bias": torch.full(shapes["head.bias"], float("nan"))}
+        await self.send(ann, "not_finite", self.seal(self.record(ann, tensors.encode_state(nan))))
+        wrong = {**zeros, "head.bias": torch.zeros(3)}
+        await self.send(ann, "wrong_shape", self.seal(self.record(ann, tensors.encode_state(wrong))))
+        huge = {**zeros, "head.weight": torch.full(shapes["head.weight"], 1e4)}
+        await self.send(ann, "norm_too_large", self.seal(self.record(ann, tensors.encode_state(huge))))
+        big = tensors.encode_state({**zeros, "pad": torch.zeros(2 * MAX_BLOB // 4)})
+        await self.send(ann, "oversize", self.seal(self.record(ann, big, blob_size=1000)))
+        tampered = tensors.encode_state({**zeros, "head.bias": torch.ones(shapes["head.bias"])})
+        record = self.record(ann, tampered)
+        path = self.store.path(record.blob_digest)
+        path.chmod(0o644)
+        path.write_bytes(tampered[:-1] + bytes([tampered[-1] ^ 0xFF]))
+        await self.send(ann, "tampered_blob", self.seal(record))
+
+    def seal(self, record: UpdateRecord) -> bytes:
+        return record.seal(self.key).to_bytes()
+
+    def record(self, ann: RoundAnnouncement, blob: bytes, name: str = "mallory", **changes) -> UpdateRecord:
+        host, port = self.server.address
+        now = time.time()
+        fields = dict(job_id=self.config.job_id, round=ann.round, model_version=ann.model_version, node_name=name,
+                      blob_digest=self.store.put_bytes(blob), blob_size=len(blob), num_samples=100, metrics={},
+                      providers=[f"{host}:{port}"], issued=now, expires=now + 600)
+        return UpdateRecord(**{**fields, **changes})
+
+    async def send(self, ann: RoundAnnouncement, reason: str, payload: bytes, round_of_reason: int | None = None) -> None:
+        """Publish one attack and wait until the coordinator has recorded its refusal."""
+        expected_round = round_of_reason or ann.round
+        await self.bus.publish(self.topics.updates, payload)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            status = await asyncio.to_thread(read_status, self.net.coordinator_dir)
+            if any(r["reason"] == reason and r["round"] == expected_round for r in status["rejected_updates"]):
+                return
+            await asyncio.sleep(0.1)
+        raise AssertionError(f"{reason} attack was not refused: {status['rejected_updates']}")

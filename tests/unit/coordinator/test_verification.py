@@ -11,6 +11,7 @@ from prime.core.errors import UpdateRejected
 from prime.core.identity import Identity
 from prime.core.records import RoundAnnouncement, UpdateRecord
 
+NOW = 1_800_000_000.0
 ALICE = Identity.from_seed(b"a" * 32)
 BOB = Identity.from_seed(b"b" * 32)
 EVE = Identity.from_seed(b"e" * 32)
@@ -19,14 +20,15 @@ CONFIG = parse_config({
     "admission": {"trainers": {"alice": ALICE.public_key_hex, "bob": BOB.public_key_hex}},
     "federated": {"min_clients": 1},
     "network": {"max_message_size": 1000},
+    "security": {"max_clock_skew": 30.0, "record_ttl": 600.0, "max_samples_per_update": 5000},
 })
 ANN = RoundAnnouncement(job_id="job", round=3, model_version=2, model_digest="ab" * 32, model_size=10,
-                        providers=[], selected=[ALICE.public_key], deadline=1.0, issued=0.0, total_rounds=0)
+                        providers=[], selected=[ALICE.public_key], deadline=1.0, issued=0.0, expires=1.0, total_rounds=0)
 
 
 def record(**kw) -> UpdateRecord:
     base = dict(job_id="job", round=3, model_version=2, node_name="alice", blob_digest="cd" * 32, blob_size=500,
-                num_samples=10, metrics={}, providers=[], issued=0.0)
+                num_samples=10, metrics={}, providers=[], issued=NOW - 1, expires=NOW + 599)
     return UpdateRecord(**{**base, **kw})
 
 
@@ -40,8 +42,8 @@ def reason(fn, *args) -> str | None:
 
 
 def test_valid_record_passes():
-    assert reason(check_record, record(), ALICE.public_key, CONFIG, ANN) is None
-    assert reason(check_record, record(blob_size=1000), ALICE.public_key, CONFIG, ANN) is None
+    assert reason(check_record, record(), ALICE.public_key, CONFIG, ANN, NOW) is None
+    assert reason(check_record, record(blob_size=1000), ALICE.public_key, CONFIG, ANN, NOW) is None
 
 
 @pytest.mark.parametrize(
@@ -55,24 +57,37 @@ def test_valid_record_passes():
         ({}, BOB.public_key, "not_selected"),
         ({"blob_size": 1001}, ALICE.public_key, "oversize"),
         ({"num_samples": 0}, ALICE.public_key, "no_samples"),
+        ({"num_samples": 5001}, ALICE.public_key, "too_many_samples"),
+        ({"issued": NOW - 700, "expires": NOW - 100}, ALICE.public_key, "expired"),
+        ({"issued": NOW + 31, "expires": NOW + 600}, ALICE.public_key, "from_future"),
+        ({"issued": NOW, "expires": NOW + 86400}, ALICE.public_key, "ttl_too_long"),
     ],
 )
 def test_each_rejection_reason(changes, signer, expected):
-    assert reason(check_record, record(**changes), signer, CONFIG, ANN) == expected
+    assert reason(check_record, record(**changes), signer, CONFIG, ANN, NOW) == expected
 
 
 def test_no_open_round_is_wrong_round():
-    assert reason(check_record, record(), ALICE.public_key, CONFIG, None) == "wrong_round"
+    assert reason(check_record, record(), ALICE.public_key, CONFIG, None, NOW) == "wrong_round"
 
 
 def test_open_job_admits_any_key():
-    open_cfg = parse_config({"job_id": "job"})
+    open_cfg = parse_config({"job_id": "job", "admission": {"open": True}})
     ann = ANN.model_copy(update={"selected": [EVE.public_key]})
-    assert reason(check_record, record(), EVE.public_key, open_cfg, ann) is None
+    assert reason(check_record, record(), EVE.public_key, open_cfg, ann, NOW) is None
 
 
 def reference() -> dict[str, torch.Tensor]:
     return {"w": torch.zeros(3, 2), "b": torch.zeros(2)}
+
+
+def test_norm_bound():
+    big = {"w": torch.full((3, 2), 10.0), "b": torch.zeros(2)}  # norm = sqrt(6 * 100) ~ 24.5
+    check_tensors(big, reference(), max_norm=25.0)
+    with pytest.raises(UpdateRejected) as info:
+        check_tensors(big, reference(), max_norm=24.0)
+    assert info.value.reason == "norm_too_large"
+    check_tensors(big, reference(), max_norm=0.0)  # 0 disables the bound
 
 
 def test_valid_tensors_pass():

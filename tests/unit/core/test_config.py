@@ -103,7 +103,17 @@ def test_defaults():
     assert cfg.federated.min_clients == 2
     assert cfg.network.max_message_size == 256 * 1024 * 1024
     assert cfg.network.enable_compression is False
-    assert cfg.admission.open and cfg.admission.admits(b"\x01" * 32)
+    # Closed by default: with no listed trainers nobody is admitted until the job says open = true.
+    assert not cfg.admission.open and not cfg.admission.admits(b"\x01" * 32)
+    assert cfg.security.max_clock_skew == 30.0 and cfg.security.record_ttl == 600.0
+
+
+def test_open_admission_caps_unlisted_weight_and_lists_only_named_keys():
+    cfg = parse_config({"admission": {"open": True, "open_max_samples": 50, "trainers": {"b": KEY_B}}})
+    listed, stranger = bytes.fromhex(KEY_B), b"\x01" * 32
+    assert cfg.admission.admits(stranger) and not cfg.admission.listed(stranger)
+    assert cfg.admission.weight(stranger, 10_000) == 50
+    assert cfg.admission.weight(listed, 10_000) == 10_000
 
 
 def test_config_is_frozen():
