@@ -33,6 +33,7 @@ from prime.core.errors import BlobError, CoordinatorError, DecodeError, PrimeErr
 from prime.core.identity import Identity
 from prime.core.models import build_model
 from prime.core.net import parse_hostport
+from prime.core.retry import with_retries
 from prime.core.records import (
     COMMITTED_TTL,
     RoundAnnouncement,
@@ -207,11 +208,12 @@ class Coordinator:
     def _reject(self, round_number: int, signer: bytes | None, name: str, rejection: UpdateRejected) -> None:
         """Count every refusal; record it in the database unless it is anonymous junk past a cap.
 
-        Garbage that names no verifiable sender costs an attacker nothing to send, so only the
-        first few per round go to the database (and the log); the rest are only counted.
+        Garbage with no verifiable sender, or signed by a key the job never admitted (fresh keys
+        are free), costs an attacker nothing to send, so only the first few per round go to the
+        database (and the log); the rest are only counted.
         """
         self.rejected[rejection.reason] += 1
-        if signer is None:
+        if signer is None or not self.config.admission.admits(signer):
             self._unattributed_recorded[round_number] += 1
             if self._unattributed_recorded[round_number] > MAX_UNATTRIBUTED_RECORDED:
                 return
@@ -249,6 +251,7 @@ class Coordinator:
                     return  # the round closed while we verified
                 await asyncio.to_thread(current.strategy.add, contribution)
                 current.accept(signer, record)
+                self.store.add_pending(record.round, signer, payload)
                 self.accepted_updates += 1
             log.info("round %d: accepted %s (%d samples, via %s)", record.round, record.node_name, record.num_samples, via)
         except UpdateRejected as rejection:
@@ -298,34 +301,59 @@ class Coordinator:
         started, attempt = None, 0
         while True:
             attempt += 1
-            selected = await self._await_selection(round_number, attempt)
+            recovered = self.store.pending(round_number)  # verified before a crash: reuse, don't refetch
+            selected = await self._await_selection(round_number, attempt, reserved=list(recovered))
             started = started or time.monotonic()  # round time counts from the first announcement
             collector = await self._announce(round_number, version, digest, size, selected)
+            for envelope in recovered.values():
+                self._spawn(self._on_update(envelope, via="recovered"))
             sweeper = self._spawn(self._sweep_dht(collector))
             try:
-                await asyncio.wait_for(collector.everyone_reported.wait(), collector.announcement.deadline - time.time())
-            except TimeoutError:
-                pass
+                await self._collect(collector)
             finally:
                 sweeper.cancel()
             async with self._aggregate_lock:
                 self._collector = None
             if len(collector.accepted) >= fed.min_clients:
                 break
-            log.warning("round %d: %d of %d needed updates by the deadline; re-announcing",
-                        round_number, len(collector.accepted), fed.min_clients)
+            log.warning("round %d: %d of %d needed updates (deadline passed or selected trainers died); "
+                        "re-announcing with a fresh selection", round_number, len(collector.accepted), fed.min_clients)
         await self._commit(collector, time.monotonic() - started, attempt)
 
-    async def _await_selection(self, round_number: int, attempt: int) -> list[bytes]:
+    async def _collect(self, collector: RoundCollector) -> None:
+        """Wait for updates until every selected trainer still alive has reported, or the deadline.
+
+        A selected trainer whose Last Will arrived, or whose heartbeats stopped, is not waited
+        for: the round closes as soon as nobody alive is still expected.
+        """
+        selected = collector.announcement.selected
+        while (remaining := collector.announcement.deadline - time.time()) > 0:
+            try:
+                await asyncio.wait_for(collector.everyone_reported.wait(), min(remaining, 0.25))
+                return
+            except TimeoutError:
+                pass
+            alive = self.liveness.alive()
+            expected = [k for k in selected if k not in collector.accepted
+                        and (k in collector.in_flight or (k in alive and alive[k].online))]
+            if not expected:
+                dead = len(selected) - len(collector.accepted)
+                log.warning("round %d: %d selected trainer(s) died; not waiting for them", collector.round, dead)
+                return
+
+    async def _await_selection(self, round_number: int, attempt: int, reserved: list[bytes] = ()) -> list[bytes]:
+        """Select among live admitted trainers once enough are up; ``reserved`` (trainers whose
+        verified updates were recovered after a restart) are always in the selection."""
         fed = self.config.federated
         announced_wait = False
         while True:
-            selected = select_trainers(
-                self._live_trainers(), participation_rate=fed.participation_rate, min_clients=fed.min_clients,
-                job_id=self.config.job_id, round_number=round_number, attempt=attempt,
-            )
-            if selected:
-                return selected
+            live = [k for k in self._live_trainers() if k not in reserved]
+            if len(live) + len(reserved) >= fed.min_clients:
+                chosen = select_trainers(
+                    live, participation_rate=fed.participation_rate, min_clients=max(0, fed.min_clients - len(reserved)),
+                    job_id=self.config.job_id, round_number=round_number, attempt=attempt,
+                )
+                return sorted({*chosen, *reserved})
             if not announced_wait:
                 log.info("round %d: waiting for %d live admitted trainers", round_number, fed.min_clients)
                 announced_wait = True
@@ -344,9 +372,13 @@ class Coordinator:
         self._collector = collector
         sealed = announcement.seal(self.identity).to_bytes()
         await self.bus.publish(self.topics.announce, sealed, retain=True)
-        with contextlib.suppress(PrimeError):
-            await self.peer.dht.put(self.identity, dht_announce_name(self.config.job_id), {"announcement": sealed},
-                                    ttl_s=self.config.federated.round_timeout * 2)
+        with contextlib.suppress(PrimeError):  # the bus carries it too; the DHT copy helps late joiners
+            await with_retries(
+                lambda: self.peer.dht.put(self.identity, dht_announce_name(self.config.job_id),
+                                          {"announcement": sealed}, ttl_s=self.config.federated.round_timeout * 2),
+                what=f"DHT put of the round-{round_number} announcement",
+                max_retries=self.config.fault_tolerance.max_retries,
+            )
         log.info("round %d announced: model v%d, %d trainers selected", round_number, version, len(selected))
         return collector
 

@@ -35,6 +35,8 @@ CREATE TABLE IF NOT EXISTS updates(
 CREATE TABLE IF NOT EXISTS rejections(
     id INTEGER PRIMARY KEY, round INTEGER NOT NULL, node_key BLOB, node_name TEXT NOT NULL,
     reason TEXT NOT NULL, detail TEXT NOT NULL, at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS pending_updates(
+    round INTEGER NOT NULL, node_key BLOB NOT NULL, envelope BLOB NOT NULL, PRIMARY KEY(round, node_key));
 CREATE TABLE IF NOT EXISTS ledger(
     seq INTEGER PRIMARY KEY, round INTEGER NOT NULL, node_key BLOB NOT NULL, amount INTEGER NOT NULL,
     prev_hash BLOB NOT NULL, hash BLOB NOT NULL, signature BLOB NOT NULL, UNIQUE(round, node_key));
@@ -121,6 +123,15 @@ class CoordinatorStore:
                 (digest, size, time.time()),
             )
 
+    def add_pending(self, round_number: int, node_key: bytes, envelope: bytes) -> None:
+        """Remember a verified update of the open round, so a restart reuses it instead of refetching."""
+        self.db.execute("INSERT OR REPLACE INTO pending_updates VALUES(?, ?, ?)", (round_number, node_key, envelope))
+
+    def pending(self, round_number: int) -> dict[bytes, bytes]:
+        """Verified-but-uncommitted updates of ``round_number`` (signer → signed record)."""
+        return dict(self.db.execute(
+            "SELECT node_key, envelope FROM pending_updates WHERE round=?", (round_number,)).fetchall())
+
     def record_rejection(self, round_number: int, node_key: bytes | None, node_name: str, reason: str, detail: str) -> None:
         self.db.execute(
             "INSERT INTO rejections(round, node_key, node_name, reason, detail, at) VALUES(?, ?, ?, ?, ?, ?)",
@@ -162,6 +173,7 @@ class CoordinatorStore:
             [(commit.round, u.node_key, u.node_name, u.digest, u.num_samples, u.score, u.train_seconds)
              for u in commit.updates],
         )
+        cur.execute("DELETE FROM pending_updates WHERE round <= ?", (commit.round,))
         row = cur.execute("SELECT seq, hash FROM ledger ORDER BY seq DESC LIMIT 1").fetchone()
         seq, prev = (row[0], row[1]) if row else (0, GENESIS)
         for node_key in sorted(commit.rewards):

@@ -42,6 +42,7 @@ from prime.trainer.checkpoint import AUTO_PREFIX, CheckpointStore
 from prime.trainer.data import load_local_data, partition_for
 from prime.trainer.engine import EpochMetrics, LocalEngine
 from prime.core.net import parse_hostport
+from prime.core.retry import with_retries
 
 log = logging.getLogger(__name__)
 
@@ -277,7 +278,11 @@ class TrainerNode:
         self.is_training = True
         try:
             providers = [parse_hostport(p) for p in ann.providers]
-            await fetch_from_any(providers, ann.model_digest, self.peer.blobs, max_bytes=net.max_message_size, timeout=net.timeout)
+            await with_retries(
+                lambda: fetch_from_any(providers, ann.model_digest, self.peer.blobs,
+                                       max_bytes=net.max_message_size, timeout=net.timeout),
+                what=f"fetching model v{ann.model_version}", max_retries=self.config.fault_tolerance.max_retries,
+            )
             model_bytes = await asyncio.to_thread(self.peer.blobs.read_bytes, ann.model_digest)
             global_state = await asyncio.to_thread(tensors.decode_state, model_bytes, max_bytes=net.max_message_size)
             train_started = time.perf_counter()
@@ -321,7 +326,10 @@ class TrainerNode:
         name = dht_update_name(self.config.job_id, round_number)
         ttl = max(self.config.federated.round_timeout * 4, 600.0)
         try:
-            await self.peer.dht.put(self.identity, name, {"update": sealed}, ttl_s=ttl)
+            await with_retries(
+                lambda: self.peer.dht.put(self.identity, name, {"update": sealed}, ttl_s=ttl),
+                what=f"DHT put of the round-{round_number} update", max_retries=self.config.fault_tolerance.max_retries,
+            )
         except PrimeError as exc:
             log.warning("round %d: DHT put failed (%s); the bus notice still carries the record", round_number, exc)
         await self.bus.publish(self.topics.updates, sealed)
