@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -53,7 +54,9 @@ class LocalNetwork:
         self.logs = self.workdir / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
         self.broker_port, self.dht_port, self.coordinator_port = free_port(), free_port(), free_port()
+        self.standby_port = free_port()
         self.coordinator_dir = self.workdir / "coordinator"
+        self.standby_dir = self.workdir / "standby"
         coordinator_key = Identity.load_or_create(self.coordinator_dir, "coordinator").public_key_hex
         self.trainer_names = [f"trainer-{i + 1:03d}" for i in range(trainers)]
         keys = {name: Identity.load_or_create(self.trainer_dir(name), name).public_key_hex for name in self.trainer_names}
@@ -88,11 +91,25 @@ class LocalNetwork:
             "--bootstrap", f"127.0.0.1:{self.dht_port}",
         )
 
+    def start_standby(self) -> subprocess.Popen:
+        """A standby coordinator: same job key (copied, mode 0600), its own data dir and port."""
+        key = self.standby_dir / "node.key"
+        if not key.exists():
+            self.standby_dir.mkdir(parents=True, exist_ok=True)
+            key.write_bytes((self.coordinator_dir / "node.key").read_bytes())
+            key.chmod(0o600)
+        return self._spawn(
+            "standby", "-m", "prime.coordinator.cli", "--standby", "--config", str(self.config_path),
+            "--data-dir", str(self.standby_dir), "--listen", f"127.0.0.1:{self.standby_port}",
+            "--bootstrap", f"127.0.0.1:{self.dht_port}",
+        )
+
     def start_trainer(self, index: int, *extra: str) -> subprocess.Popen:
         name = self.trainer_names[index]
         return self._spawn(
             name, "-m", "prime.trainer.cli", "--node-id", name, "--config", str(self.config_path),
-            "--coordinators", f"127.0.0.1:{self.coordinator_port},127.0.0.1:{self.dht_port}",
+            "--coordinators", f"127.0.0.1:{self.coordinator_port},127.0.0.1:{self.standby_port},"
+                              f"127.0.0.1:{self.dht_port}",
             "--data-dir", str(self.trainer_dir(name)), "--data-partition", str(index), *extra,
         )
 
@@ -103,14 +120,16 @@ class LocalNetwork:
             self.start_trainer(i)
 
     def status(self) -> dict[str, Any] | None:
+        """The coordinator state furthest ahead (the primary's, or a standby's that took over)."""
+        found = [s for s in (self.status_of(self.coordinator_dir), self.status_of(self.standby_dir)) if s]
+        return max(found, key=lambda s: s["rounds_committed"]) if found else None
+
+    @staticmethod
+    def status_of(data_dir: Path) -> dict[str, Any] | None:
         try:
-            return read_status(self.coordinator_dir)
-        except (PrimeError, OSError, ValueError):
-            return None  # not created yet, or mid-write: try again next poll
-        except Exception as exc:  # sqlite3 errors while the daemon creates its schema
-            if "database" in str(exc) or "no such table" in str(exc):
-                return None
-            raise
+            return read_status(data_dir)
+        except (PrimeError, OSError, ValueError, sqlite3.Error):
+            return None  # not created yet, mid-restore, or mid-write: try again next poll
 
     def signal(self, name: str, sig: int = signal.SIGKILL) -> None:
         proc = self.procs.get(name)

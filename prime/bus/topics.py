@@ -75,6 +75,11 @@ class Topics:
         """Retained: summary of the latest committed round."""
         return f"{self.prefix}/committed"
 
+    @property
+    def standby(self) -> str:
+        """Standby coordinators' replication acks (not retained)."""
+        return f"{self.prefix}/standby"
+
     def liveness(self, network_id: str) -> str:
         """One node's heartbeats and its Last Will."""
         return f"{self.prefix}/liveness/{validate_id(network_id, 'network id')}"

@@ -40,14 +40,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--listen", type=hostport, default=("127.0.0.1", 7000), help="HOST:PORT for DHT (UDP) and blobs (TCP)")
     p.add_argument("--mqtt-url", help="MQTT broker URL (default: the job config's, else an embedded broker on 127.0.0.1:1883)")
     p.add_argument("--bootstrap", type=hostport_list, default=[], help="extra DHT peers HOST:PORT[,…]")
+    p.add_argument("--standby", action="store_true",
+                   help="start as a standby: mirror the primary's checkpoints, take over when it dies "
+                        "(copy the primary's node.key into this --data-dir)")
     p.add_argument("--log-level", choices=LOG_LEVELS, default="info")
     args = p.parse_args(argv)
-    setup_logging(args.log_level, "coordinator")
+    setup_logging(args.log_level, "standby" if args.standby else "coordinator")
 
     async def run(on_stop) -> int:
         config = load_config(args.config)
         coordinator = await Coordinator.create(
-            config, data_dir=args.data_dir, listen=args.listen, mqtt_url=args.mqtt_url, bootstrap=args.bootstrap
+            config, data_dir=args.data_dir, listen=args.listen, mqtt_url=args.mqtt_url, bootstrap=args.bootstrap,
+            standby=args.standby,
         )
         on_stop(coordinator.stop)
         try:

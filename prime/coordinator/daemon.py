@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections import Counter
 from pathlib import Path
@@ -38,11 +39,15 @@ from prime.core.records import (
     COMMITTED_TTL,
     RoundAnnouncement,
     RoundCommitted,
+    StandbyStatus,
     UpdateRecord,
     dht_announce_name,
+    dht_checkpoint_name,
     dht_update_name,
 )
 from prime.dht.blobservice import fetch_from_any
+from prime.atomic import write_atomic
+from prime.coordinator.standby import StandbyRole
 from prime.dht.peer import Peer
 from prime.telemetry import METRICS_FILE, MetricsFile
 
@@ -51,12 +56,14 @@ log = logging.getLogger(__name__)
 EMBEDDED_BROKER = ("127.0.0.1", 1883)
 #: Anonymous (unsigned or undecodable) rejections written to the database per round; the rest are counted.
 MAX_UNATTRIBUTED_RECORDED = 20
+#: Local file: the highest term this coordinator has led (not replicated: it says who *this* node was).
+LED_TERM_FILE = "led_term"
 
 
 class Coordinator:
     def __init__(
         self, config: JobConfig, identity: Identity, store: CoordinatorStore, peer: Peer,
-        broker: EmbeddedBroker | None, mqtt_url: str,
+        broker: EmbeddedBroker | None, mqtt_url: str, *, standby: bool = False,
     ) -> None:
         self.config = config
         self.identity = identity
@@ -67,7 +74,8 @@ class Coordinator:
         net = config.network
         self.heartbeat = Heartbeat(identity, self.topics, interval=net.heartbeat_interval, name="coordinator")
         self.bus = BusClient(
-            mqtt_url, f"coordinator-{identity.network_id}", will=self.heartbeat.will,
+            # A standby shares the job key; MQTT evicts a duplicate client id, so each process adds its own.
+            mqtt_url, f"coordinator-{identity.network_id}-{os.urandom(4).hex()}", will=self.heartbeat.will,
             max_retries=config.fault_tolerance.max_retries, timeout=net.timeout,
         )
         self.liveness = LivenessTracker(timeout_s=3 * net.heartbeat_interval)
@@ -83,11 +91,24 @@ class Coordinator:
         self.rejected: Counter[str] = Counter()
         self._unattributed_recorded: Counter[int] = Counter()
         self.metrics_file = MetricsFile(store.path.parent / METRICS_FILE, self._metrics)
+        # Leadership: the term this node leads (0: none yet), the highest term seen on the bus.
+        self.standby_flag = standby
+        self.role = "starting"
+        self.term = 0
+        self.highest_term = 0
+        self._led_term_file = store.path.parent / LED_TERM_FILE
+        self.led_term = int(self._led_term_file.read_text()) if self._led_term_file.exists() else 0
+        self._superseded = asyncio.Event()
+        self._standby: StandbyRole | None = None
+        self._standby_seen = 0.0
+        self._standby_mirrored = 0
+        self._standby_acked = asyncio.Event()
+        self._takeover_term: int | None = None
 
     @classmethod
     async def create(
         cls, config: JobConfig, *, data_dir: str | Path, listen: tuple[str, int] = ("127.0.0.1", 0),
-        mqtt_url: str | None = None, bootstrap: list[tuple[str, int]] = (),
+        mqtt_url: str | None = None, bootstrap: list[tuple[str, int]] = (), standby: bool = False,
     ) -> "Coordinator":
         if not config.admission.open and not config.admission.trainers:
             raise CoordinatorError(
@@ -112,10 +133,9 @@ class Coordinator:
             data_dir, listen=listen, bootstrap=list(bootstrap), timeout=config.network.timeout,
             max_blob_bytes=config.network.max_message_size,
         )
-        coordinator = cls(config, identity, store, peer, broker, url)
+        coordinator = cls(config, identity, store, peer, broker, url, standby=standby)
         await coordinator.bus.connect()
         coordinator._ensure_genesis()
-        coordinator.heartbeat.start(coordinator.bus)
         coordinator.metrics_file.start()
         log.info("coordinator %s for job %s at %s, bus %s", identity.network_id, config.job_id, peer.address_str, url)
         return coordinator
@@ -127,20 +147,69 @@ class Coordinator:
 
     # -- lifecycle ---------------------------------------------------------------------
     async def run(self) -> None:
-        """Run rounds until the job's last round is committed or ``stop()`` is called."""
-        await self.bus.subscribe(self.topics.updates)
-        await self.bus.subscribe(self.topics.liveness_all)
+        """Lead rounds (or stand by) until the job's last round is committed or ``stop()`` is called."""
+        for topic in (self.topics.updates, self.topics.liveness_all, self.topics.announce,
+                      self.topics.committed, self.topics.standby):
+            await self.bus.subscribe(topic)
         listener = self._spawn(self._listen())
-        rounds = self._spawn(self._run_rounds())
         stopped = self._spawn(self._stopping.wait())
+        lead_next = not self.standby_flag and await self._may_lead()
         try:
-            await asyncio.wait({rounds, stopped, listener}, return_when=asyncio.FIRST_COMPLETED)
+            while True:
+                role = self._spawn(self._lead(self._takeover_term) if lead_next else self._stand_by())
+                await asyncio.wait({role, stopped, listener}, return_when=asyncio.FIRST_COMPLETED)
+                if not role.done():
+                    role.cancel()
+                    break
+                outcome = role.result()
+                if outcome == "complete":
+                    break
+                lead_next = outcome == "take_over"
         finally:
-            for task in (listener, rounds, stopped):
-                task.cancel()
-        for task in (rounds, listener):
-            if task.done() and not task.cancelled() and task.exception():
-                raise task.exception()
+            listener.cancel()
+            stopped.cancel()
+        if listener.done() and not listener.cancelled() and listener.exception():
+            raise listener.exception()
+
+    async def _may_lead(self) -> bool:
+        """A (re)started coordinator leads unless the bus shows a newer term than it ever led."""
+        await asyncio.sleep(max(1.0, 2 * self.config.network.heartbeat_interval))  # retained records arrive
+        if self.highest_term > self.led_term:
+            log.warning("term %d is led by another coordinator (this one led term %d): standing by",
+                        self.highest_term, self.led_term)
+            return False
+        return True
+
+    async def _lead(self, term: int | None = None) -> str:
+        self.term = term or max(self.led_term, 1)
+        if self.term != self.led_term:
+            write_atomic(self._led_term_file, str(self.term).encode())
+            self.led_term = self.term
+        self.highest_term = max(self.highest_term, self.term)
+        self.role, self._superseded = "primary", asyncio.Event()
+        self.heartbeat.start(self.bus)
+        rounds = self._spawn(self._run_rounds())
+        superseded = self._spawn(self._superseded.wait())
+        try:
+            await asyncio.wait({rounds, superseded}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            superseded.cancel()
+        if not rounds.done():
+            rounds.cancel()
+            await self.heartbeat.stop(say_offline=False)
+            async with self._aggregate_lock:
+                self._collector = None
+            log.warning("superseded by term %d: stepping down to standby", self.highest_term)
+            return "superseded"
+        rounds.result()
+        return "complete"
+
+    async def _stand_by(self) -> str:
+        self.role = "standby"
+        self._standby = StandbyRole(self, flagged=self.standby_flag)
+        self._takeover_term = await self._standby.until_takeover()
+        self._standby = None
+        return "take_over"
 
     async def _run_rounds(self) -> None:
         total = self.config.federated.rounds
@@ -185,9 +254,36 @@ class Coordinator:
     async def _listen(self) -> None:
         async for topic, payload in self.bus.messages():
             if topic == self.topics.updates:
-                self._spawn(self._on_update(payload, via="bus"))
+                if self.role == "primary":
+                    self._spawn(self._on_update(payload, via="bus"))
             elif topic.startswith(self.topics.prefix + "/liveness/"):
                 self.liveness.observe(payload)
+            elif topic in (self.topics.announce, self.topics.committed, self.topics.standby):
+                self._on_coordination(topic, payload)
+
+    def _on_coordination(self, topic: str, payload: bytes) -> None:
+        """Records signed with the job's coordinator key: our own, a standby's, or another term's."""
+        kind = {self.topics.announce: RoundAnnouncement, self.topics.committed: RoundCommitted,
+                self.topics.standby: StandbyStatus}[topic]
+        try:
+            record, _ = kind.open(payload, signer=self.identity.public_key)
+        except DecodeError as exc:
+            self.rejected[f"bad_{topic.rsplit('/', 1)[-1]}"] += 1
+            log.debug("dropped a bad %s record: %s", topic, exc)
+            return
+        if record.job_id != self.config.job_id:
+            return
+        if isinstance(record, StandbyStatus):
+            if self.role == "primary":
+                self._standby_seen = time.monotonic()
+                self._standby_mirrored = max(self._standby_mirrored, record.mirrored_round)
+                self._standby_acked.set()
+            return
+        self.highest_term = max(self.highest_term, record.term)
+        if self.role == "primary" and record.term > self.term:
+            self._superseded.set()
+        if isinstance(record, RoundCommitted) and self._standby is not None:
+            self._standby.on_committed(record)
 
     def _live_trainers(self) -> list[bytes]:
         alive = self.liveness.alive()
@@ -195,7 +291,9 @@ class Coordinator:
 
     def _metrics(self) -> dict:
         return {
-            "role": "coordinator",
+            "role": f"coordinator-{self.role}",
+            "term": self.term,
+            "highest_term": self.highest_term,
             "round": self._collector.round if self._collector else None,
             "rounds_committed": self.store.last_committed_round(),
             "updates": {"accepted": self.accepted_updates, "rejected": dict(self.rejected),
@@ -362,7 +460,7 @@ class Coordinator:
     async def _announce(self, round_number: int, version: int, digest: str, size: int, selected: list[bytes]) -> RoundCollector:
         now = time.time()
         announcement = RoundAnnouncement(
-            job_id=self.config.job_id, round=round_number, model_version=version, model_digest=digest,
+            job_id=self.config.job_id, term=self.term, round=round_number, model_version=version, model_digest=digest,
             model_size=size, providers=[self.peer.address_str], selected=selected,
             deadline=now + self.config.federated.round_timeout, issued=now,
             expires=now + self.config.federated.round_timeout, total_rounds=self.config.federated.rounds,
@@ -372,13 +470,9 @@ class Coordinator:
         self._collector = collector
         sealed = announcement.seal(self.identity).to_bytes()
         await self.bus.publish(self.topics.announce, sealed, retain=True)
-        with contextlib.suppress(PrimeError):  # the bus carries it too; the DHT copy helps late joiners
-            await with_retries(
-                lambda: self.peer.dht.put(self.identity, dht_announce_name(self.config.job_id),
-                                          {"announcement": sealed}, ttl_s=self.config.federated.round_timeout * 2),
-                what=f"DHT put of the round-{round_number} announcement",
-                max_retries=self.config.fault_tolerance.max_retries,
-            )
+        # The bus carries it now; the DHT copy (for late joiners) must not hold up the round.
+        self._spawn(self._dht_put(dht_announce_name(self.config.job_id), {"announcement": sealed},
+                                  self.config.federated.round_timeout * 2, f"round-{round_number} announcement"))
         log.info("round %d announced: model v%d, %d trainers selected", round_number, version, len(selected))
         return collector
 
@@ -396,9 +490,41 @@ class Coordinator:
         version = self.store.commit_round(commit, self.identity)  # on the loop: one SQLite connection, one thread
         log.info("round %d committed as v%d: %d updates, test accuracy %.4f, loss %.4f, %.2fs",
                  collector.round, version, len(commit.updates), accuracy, loss, seconds)
+        checkpoint = await self._checkpoint(collector.round, digest)
         committed = RoundCommitted(
-            job_id=self.config.job_id, round=collector.round, model_version=version, model_digest=digest,
+            job_id=self.config.job_id, term=self.term, round=collector.round, model_version=version,
+            model_digest=digest, checkpoint_digest=checkpoint, providers=[self.peer.address_str],
             total_rounds=self.config.federated.rounds, participants=len(commit.updates), accuracy=accuracy,
             issued=time.time(), expires=time.time() + COMMITTED_TTL,
         )
+        self._standby_acked.clear()
         await self.bus.publish(self.topics.committed, committed.seal(self.identity).to_bytes(), retain=True)
+        await self._await_standby(collector.round)
+
+    async def _checkpoint(self, round_number: int, model_digest: str) -> str:
+        """Snapshot the committed state into a blob and point to it from the DHT, for standbys."""
+        image = self.store.snapshot()
+        digest = await asyncio.to_thread(self.peer.blobs.put_bytes, image)
+        pointer = {"round": round_number, "term": self.term, "checkpoint_digest": digest,
+                   "model_digest": model_digest, "providers": [self.peer.address_str]}
+        self._spawn(self._dht_put(dht_checkpoint_name(self.config.job_id), pointer, 24 * 3600.0,
+                                  f"round-{round_number} checkpoint pointer"))
+        return digest
+
+    async def _dht_put(self, name: str, value: dict, ttl_s: float, what: str) -> None:
+        """A DHT put in the background: a dead peer's RPC timeout must not stall a round."""
+        with contextlib.suppress(PrimeError):  # with_retries has logged the final failure
+            await with_retries(lambda: self.peer.dht.put(self.identity, name, value, ttl_s=ttl_s),
+                               what=f"DHT put of the {what}", max_retries=self.config.fault_tolerance.max_retries)
+
+    async def _await_standby(self, round_number: int) -> None:
+        """If a standby is alive, wait (briefly) until it holds this commit before moving on."""
+        window = 3 * self.config.network.heartbeat_interval
+        deadline = time.monotonic() + window
+        while time.monotonic() - self._standby_seen < window and self._standby_mirrored < round_number:
+            if (remaining := deadline - time.monotonic()) <= 0:
+                log.warning("round %d: standby has not acked the checkpoint; continuing", round_number)
+                return
+            self._standby_acked.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._standby_acked.wait(), remaining)

@@ -15,6 +15,7 @@ from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
+from prime.atomic import write_atomic
 from prime.coordinator.ledger import GENESIS, LedgerEntry, make_entry
 from prime.core.errors import CoordinatorError
 from prime.core.identity import Identity
@@ -70,6 +71,9 @@ class CoordinatorStore:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._open()
+
+    def _open(self) -> None:
         self.db = sqlite3.connect(self.path, isolation_level=None)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
@@ -78,6 +82,40 @@ class CoordinatorStore:
 
     def close(self) -> None:
         self.db.close()
+
+    # -- replication ------------------------------------------------------------------
+    def snapshot(self) -> bytes:
+        """The whole database as one consistent byte image (what a standby mirrors).
+
+        Copied through an in-memory database and marked as rollback-journal format, so the
+        image is self-contained (no WAL file) and loads anywhere."""
+        memory = sqlite3.connect(":memory:")
+        try:
+            self.db.backup(memory)
+            image = bytearray(memory.serialize())
+        finally:
+            memory.close()
+        image[18:20] = b"\x01\x01"  # file-format versions: 1 = rollback journal, 2 = WAL (sqlite.org/fileformat)
+        return bytes(image)
+
+    def restore(self, image: bytes, job_id: str, coordinator_key: bytes) -> None:
+        """Replace this database with a primary's snapshot, after checking it is this job's."""
+        probe = sqlite3.connect(":memory:")
+        try:
+            probe.deserialize(image)
+            meta = dict(probe.execute("SELECT key, value FROM meta").fetchall())
+        except sqlite3.DatabaseError as exc:
+            raise CoordinatorError(f"checkpoint is not a coordinator database: {exc}") from None
+        finally:
+            probe.close()
+        if meta.get("job_id") != job_id or meta.get("coordinator_key") != coordinator_key.hex():
+            raise CoordinatorError(f"checkpoint belongs to job {meta.get('job_id')!r}, not {job_id!r}")
+        self.db.close()
+        for suffix in ("-wal", "-shm"):
+            Path(f"{self.path}{suffix}").unlink(missing_ok=True)
+        write_atomic(self.path, image)
+        self._open()
+
 
     # -- job identity -----------------------------------------------------------------
     def bind_job(self, job_id: str, coordinator_key: bytes) -> None:

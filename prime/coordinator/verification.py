@@ -31,6 +31,8 @@ def check_record(
     if announcement is None or record.round != announcement.round:
         current = announcement.round if announcement else "none"
         raise UpdateRejected("wrong_round", f"update for round {record.round}, current round is {current}")
+    if record.term != announcement.term:
+        raise UpdateRejected("wrong_term", f"update for term {record.term}, this coordinator leads term {announcement.term}")
     if record.model_version != announcement.model_version:
         raise UpdateRejected(
             "wrong_model_version", f"trained on v{record.model_version}, round uses v{announcement.model_version}"

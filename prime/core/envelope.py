@@ -25,6 +25,7 @@ class Domain(str, Enum):
 
     ANNOUNCEMENT = "announce"
     COMMITTED = "committed"
+    STANDBY = "standby"
     UPDATE = "update"
     HEARTBEAT = "heartbeat"
     LEDGER = "ledger"

@@ -47,6 +47,8 @@ class RoundAnnouncement(_Record):
 
     DOMAIN: ClassVar[Domain] = Domain.ANNOUNCEMENT
     job_id: str = Field(max_length=64)
+    #: Leadership term: rises by one each time a standby takes over. Trainers follow the highest.
+    term: int = Field(ge=1)
     round: int = Field(ge=1)
     model_version: int = Field(ge=0)
     model_digest: str = Field(pattern=_DIGEST)
@@ -65,6 +67,8 @@ class UpdateRecord(_Record):
 
     DOMAIN: ClassVar[Domain] = Domain.UPDATE
     job_id: str = Field(max_length=64)
+    #: The announcement's term: a coordinator of another term refuses the update.
+    term: int = Field(ge=1)
     round: int = Field(ge=1)
     model_version: int = Field(ge=0)
     node_name: str = Field(max_length=64)
@@ -82,9 +86,13 @@ class RoundCommitted(_Record):
 
     DOMAIN: ClassVar[Domain] = Domain.COMMITTED
     job_id: str = Field(max_length=64)
+    term: int = Field(ge=1)
     round: int = Field(ge=1)
     model_version: int = Field(ge=1)
     model_digest: str = Field(pattern=_DIGEST)
+    #: The coordinator's state after this commit (a SQLite snapshot blob), for standbys to mirror.
+    checkpoint_digest: str = Field(pattern=_DIGEST)
+    providers: list[str] = Field(max_length=32)
     total_rounds: int = Field(ge=0)
     participants: int = Field(ge=0)
     accuracy: float | None = None
@@ -115,6 +123,22 @@ def freshness_error(issued: float, expires: float, now: float, *, max_skew: floa
     if expires - issued > max_ttl + max_skew:
         return "ttl_too_long"
     return None
+
+
+class StandbyStatus(_Record):
+    """Standby → primary: I hold your checkpoint up to ``mirrored_round`` (the replication ack)."""
+
+    DOMAIN: ClassVar[Domain] = Domain.STANDBY
+    job_id: str = Field(max_length=64)
+    term: int = Field(ge=1)
+    mirrored_round: int = Field(ge=0)
+    issued: float
+    expires: float
+
+
+def dht_checkpoint_name(job_id: str) -> str:
+    """DHT name (under the coordinator's key) of the latest checkpoint pointer."""
+    return f"{job_id}/checkpoint"
 
 
 def dht_update_name(job_id: str, round_number: int) -> str:

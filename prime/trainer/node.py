@@ -83,7 +83,8 @@ class TrainerNode:
         self.metrics = EpochMetrics(0.0, 0.0, 0.0, 0)
         self.rounds_trained = 0
         self.dropped: dict[str, int] = {}
-        self._last_update: tuple[int, bytes] | None = None  # (round, sealed record) last submitted
+        self._last_update: UpdateRecord | None = None  # the last update submitted, to re-sign for a new term
+        self.highest_term = 0  # trainers follow the highest valid coordinator term they have seen
         self._pending: RoundAnnouncement | None = None
         self._background: set[asyncio.Task] = set()
         self.metrics_file = MetricsFile(checkpoints.root.parent / METRICS_FILE, self._metrics)
@@ -217,6 +218,10 @@ class TrainerNode:
 
     async def close(self) -> None:
         self.stop()
+        if self._background:  # let in-flight DHT puts and resends finish, briefly
+            _, late = await asyncio.wait(set(self._background), timeout=2.0)
+            for task in late:
+                task.cancel()
         await self.metrics_file.stop()
         await self.heartbeat.stop()
         await self.bus.close()
@@ -236,7 +241,7 @@ class TrainerNode:
                         self._on_announcement(record)
                 elif topic == self.topics.committed:
                     committed, _ = RoundCommitted.open(payload, signer=self.coordinator_key)
-                    if not self._fresh(committed, COMMITTED_TTL):
+                    if not self._fresh(committed, COMMITTED_TTL) or committed.term < self.highest_term:
                         continue
                     if committed.job_id == self.config.job_id and committed.job_finished:
                         log.info("job %s finished at round %d", committed.job_id, committed.round)
@@ -254,12 +259,20 @@ class TrainerNode:
     def _on_announcement(self, ann: RoundAnnouncement) -> None:
         if ann.job_id != self.config.job_id:
             return self._drop("wrong_job", ann.job_id)
+        if ann.term < self.highest_term:
+            return self._drop("old_term", f"term {ann.term} < {self.highest_term}")
+        self.highest_term = ann.term
         self.current_round = max(self.current_round, ann.round)
         if self.identity.public_key not in ann.selected:
             return
-        if self._last_update and self._last_update[0] == ann.round:
-            # Re-announced (e.g. the coordinator restarted): resend the same signed record, don't retrain.
-            resend = asyncio.create_task(self.bus.publish(self.topics.updates, self._last_update[1]))
+        last = self._last_update
+        if last and last.round == ann.round and last.model_version == ann.model_version:
+            # Re-announced (coordinator restarted or a standby took over): re-sign the same update
+            # for the announcement's term and send it again; don't retrain.
+            now = time.time()
+            again = last.model_copy(update={"term": ann.term, "issued": now,
+                                            "expires": now + self.config.security.record_ttl})
+            resend = asyncio.create_task(self.bus.publish(self.topics.updates, again.seal(self.identity).to_bytes()))
             self._background.add(resend)
             resend.add_done_callback(self._background.discard)
             return
@@ -301,6 +314,7 @@ class TrainerNode:
         self.rounds_trained += 1
         record = UpdateRecord(
             job_id=self.config.job_id,
+            term=ann.term,
             round=ann.round,
             model_version=ann.model_version,
             node_name=self.node_id[:64],
@@ -315,21 +329,26 @@ class TrainerNode:
         sealed = record.seal(self.identity).to_bytes()
         await self._publish_update(ann.round, sealed)
         self.last_submitted_round = ann.round
-        self._last_update = (ann.round, sealed)
+        self._last_update = record
         if self.rounds_trained % self.config.fault_tolerance.checkpoint_interval == 0:
             await self.save_checkpoint(f"{AUTO_PREFIX}{ann.round:06d}")
         log.info("round %d: trained %d samples, loss %.4f, acc %.3f, update %s…",
                  ann.round, metrics.num_samples, metrics.loss, metrics.accuracy, digest[:12])
 
     async def _publish_update(self, round_number: int, sealed: bytes) -> None:
-        """DHT first (the durable pointer), then the bus notice (the fast path)."""
+        """The bus notice (the fast path) now; the DHT pointer (the durable path) alongside."""
         name = dht_update_name(self.config.job_id, round_number)
         ttl = max(self.config.federated.round_timeout * 4, 600.0)
+        put = asyncio.create_task(self._dht_put(name, {"update": sealed}, ttl, round_number))
+        self._background.add(put)
+        put.add_done_callback(self._background.discard)
+        await self.bus.publish(self.topics.updates, sealed)
+
+    async def _dht_put(self, name: str, value: dict, ttl: float, round_number: int) -> None:
         try:
             await with_retries(
-                lambda: self.peer.dht.put(self.identity, name, {"update": sealed}, ttl_s=ttl),
+                lambda: self.peer.dht.put(self.identity, name, value, ttl_s=ttl),
                 what=f"DHT put of the round-{round_number} update", max_retries=self.config.fault_tolerance.max_retries,
             )
         except PrimeError as exc:
             log.warning("round %d: DHT put failed (%s); the bus notice still carries the record", round_number, exc)
-        await self.bus.publish(self.topics.updates, sealed)

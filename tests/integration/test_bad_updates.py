@@ -147,7 +147,7 @@ class Mallory:
     def record(self, ann: RoundAnnouncement, blob: bytes, name: str = "mallory", **changes) -> UpdateRecord:
         host, port = self.server.address
         now = time.time()
-        fields = dict(job_id=self.config.job_id, round=ann.round, model_version=ann.model_version, node_name=name,
+        fields = dict(job_id=self.config.job_id, term=ann.term, round=ann.round, model_version=ann.model_version, node_name=name,
                       blob_digest=self.store.put_bytes(blob), blob_size=len(blob), num_samples=100, metrics={},
                       providers=[f"{host}:{port}"], issued=now, expires=now + 600)
         return UpdateRecord(**{**fields, **changes})

@@ -22,12 +22,12 @@ CONFIG = parse_config({
     "network": {"max_message_size": 1000},
     "security": {"max_clock_skew": 30.0, "record_ttl": 600.0, "max_samples_per_update": 5000},
 })
-ANN = RoundAnnouncement(job_id="job", round=3, model_version=2, model_digest="ab" * 32, model_size=10,
+ANN = RoundAnnouncement(term=1, job_id="job", round=3, model_version=2, model_digest="ab" * 32, model_size=10,
                         providers=[], selected=[ALICE.public_key], deadline=1.0, issued=0.0, expires=1.0, total_rounds=0)
 
 
 def record(**kw) -> UpdateRecord:
-    base = dict(job_id="job", round=3, model_version=2, node_name="alice", blob_digest="cd" * 32, blob_size=500,
+    base = dict(job_id="job", term=1, round=3, model_version=2, node_name="alice", blob_digest="cd" * 32, blob_size=500,
                 num_samples=10, metrics={}, providers=[], issued=NOW - 1, expires=NOW + 599)
     return UpdateRecord(**{**base, **kw})
 

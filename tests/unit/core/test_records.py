@@ -22,20 +22,20 @@ D = "ab" * 32
 
 
 def announcement(**kw) -> RoundAnnouncement:
-    base = dict(job_id="job", round=2, model_version=1, model_digest=D, model_size=100,
+    base = dict(job_id="job", term=1, round=2, model_version=1, model_digest=D, model_size=100,
                 providers=["127.0.0.1:9000"], selected=[TRAINER.public_key], deadline=10.5, issued=1.0, expires=10.5,
                 total_rounds=5)
     return RoundAnnouncement(**{**base, **kw})
 
 
 def update(**kw) -> UpdateRecord:
-    base = dict(job_id="job", round=2, model_version=1, node_name="t1", blob_digest="cd" * 32, blob_size=50,
+    base = dict(job_id="job", term=1, round=2, model_version=1, node_name="t1", blob_digest="cd" * 32, blob_size=50,
                 num_samples=12, metrics={"loss": 0.5, "accuracy": 0.9}, providers=["127.0.0.1:9001"], issued=2.0, expires=602.0)
     return UpdateRecord(**{**base, **kw})
 
 
 def committed(**kw) -> RoundCommitted:
-    base = dict(job_id="job", round=2, model_version=2, model_digest=D, total_rounds=5, participants=3,
+    base = dict(job_id="job", term=1, round=2, model_version=2, model_digest=D, checkpoint_digest=D, providers=["127.0.0.1:9"], total_rounds=5, participants=3,
                 accuracy=0.75, issued=3.0, expires=1e9)
     return RoundCommitted(**{**base, **kw})
 

@@ -1,0 +1,127 @@
+"""The standby role: mirror the primary's checkpoints, take over when it dies.
+
+A standby holds the job's coordinator key (the operator copies ``node.key``) but
+neither heartbeats nor runs rounds. After every commit the primary publishes a
+signed ``RoundCommitted`` naming a checkpoint blob (a SQLite snapshot) and puts a
+pointer to it in the DHT; the standby fetches that blob and the new model through
+the blob service, restores its database from it, and acks on the bus. When the
+primary's Last Will arrives or its heartbeats stop, the standby takes over with
+the next term, but only once it holds the latest committed state: it never takes
+over behind, so no committed round is lost or redone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from typing import TYPE_CHECKING
+
+from prime.core.errors import PrimeError
+from prime.core.net import parse_hostport
+from prime.core.records import RoundCommitted, StandbyStatus, dht_checkpoint_name
+from prime.core.retry import with_retries
+from prime.dht.blobservice import fetch_from_any
+
+if TYPE_CHECKING:
+    from prime.coordinator.daemon import Coordinator
+
+log = logging.getLogger(__name__)
+
+
+class StandbyRole:
+    def __init__(self, coordinator: "Coordinator", *, flagged: bool) -> None:
+        self.c = coordinator
+        interval = coordinator.config.network.heartbeat_interval
+        # A coordinator started with --standby waits a little longer than one that stepped down,
+        # so two standbys facing a dead primary do not both take over.
+        self.takeover_after = interval * (5 if flagged else 3) + random.uniform(0, interval)
+        self.latest: RoundCommitted | None = None
+        self._mirror_lock = asyncio.Lock()
+
+    @property
+    def mirrored_round(self) -> int:
+        return self.c.store.last_committed_round()
+
+    def on_committed(self, committed: RoundCommitted) -> None:
+        """A verified commit notice: remember it and mirror its checkpoint."""
+        if self.latest is None or committed.round > self.latest.round:
+            self.latest = committed
+        if committed.round > self.mirrored_round:
+            self.c._spawn(self._mirror(committed.round, committed.checkpoint_digest, committed.model_digest,
+                                       committed.providers))
+
+    async def _mirror(self, round_number: int, checkpoint: str, model: str, providers: list[str]) -> bool:
+        async with self._mirror_lock:
+            if round_number <= self.mirrored_round:
+                return True
+            net, ft = self.c.config.network, self.c.config.fault_tolerance
+            addresses = [parse_hostport(p) for p in providers]
+            try:
+                for digest in (checkpoint, model):
+                    await with_retries(
+                        lambda d=digest: fetch_from_any(addresses, d, self.c.peer.blobs,
+                                                        max_bytes=net.max_message_size, timeout=net.timeout),
+                        what=f"mirroring round {round_number}", max_retries=ft.max_retries,
+                    )
+                image = await asyncio.to_thread(self.c.peer.blobs.read_bytes, checkpoint)
+                self.c.store.restore(image, self.c.config.job_id, self.c.identity.public_key)
+            except PrimeError as exc:
+                log.warning("standby: could not mirror round %d yet: %s", round_number, exc)
+                return False
+            log.info("standby: mirrored the primary's state through round %d", round_number)
+        await self._ack()
+        return True
+
+    async def _ack(self) -> None:
+        now = time.time()
+        status = StandbyStatus(job_id=self.c.config.job_id, term=max(self.c.highest_term, 1),
+                               mirrored_round=self.mirrored_round, issued=now, expires=now + 60)
+        try:
+            await self.c.bus.publish(self.c.topics.standby, status.seal(self.c.identity).to_bytes())
+        except PrimeError as exc:
+            log.warning("standby: ack not sent: %s", exc)
+
+    async def _catch_up_from_dht(self) -> None:
+        """The DHT pointer names the newest checkpoint even if we missed its bus notice."""
+        try:
+            pointer = await self.c.peer.dht.get(self.c.identity.public_key, dht_checkpoint_name(self.c.config.job_id))
+        except PrimeError:
+            return
+        if isinstance(pointer, dict) and isinstance(pointer.get("round"), int) and pointer["round"] > self.mirrored_round:
+            try:
+                await self._mirror(pointer["round"], pointer["checkpoint_digest"], pointer["model_digest"],
+                                   list(pointer["providers"]))
+            except (KeyError, TypeError, ValueError) as exc:
+                log.warning("standby: malformed checkpoint pointer in the DHT: %s", exc)
+
+    async def until_takeover(self) -> int:
+        """Mirror and ack until the primary is gone; return the term to lead with."""
+        interval = self.c.config.network.heartbeat_interval
+        key = self.c.identity.public_key
+        last_alive = time.monotonic()
+        last_ack = 0.0
+        log.info("standby for job %s: mirroring through round %d", self.c.config.job_id, self.mirrored_round)
+        while True:
+            await asyncio.sleep(0.2)
+            now = time.monotonic()
+            if now - last_ack > interval:
+                last_ack = now
+                await self._ack()
+            if self.c.liveness.is_alive(key, within_s=3 * interval):
+                last_alive = now
+                continue
+            if now - last_alive < self.takeover_after:
+                continue
+            await self._catch_up_from_dht()
+            behind = self.latest is not None and self.latest.round > self.mirrored_round
+            if behind and not await self._mirror(self.latest.round, self.latest.checkpoint_digest,
+                                                 self.latest.model_digest, self.latest.providers):
+                log.warning("standby: primary is gone but round %d's checkpoint is unreachable; "
+                            "not taking over behind it", self.latest.round)
+                continue
+            term = self.c.highest_term + 1
+            log.warning("standby: primary silent for %.1fs; taking over at round %d with term %d",
+                        now - last_alive, self.mirrored_round + 1, term)
+            return term
