@@ -104,6 +104,7 @@ class Coordinator:
         self._standby_mirrored = 0
         self._standby_acked = asyncio.Event()
         self._takeover_term: int | None = None
+        self.latest_committed: RoundCommitted | None = None  # newest commit notice seen on the bus
 
     @classmethod
     async def create(
@@ -174,6 +175,9 @@ class Coordinator:
     async def _may_lead(self) -> bool:
         """A (re)started coordinator leads unless the bus shows a newer term than it ever led."""
         await asyncio.sleep(max(1.0, 2 * self.config.network.heartbeat_interval))  # retained records arrive
+        if self.liveness.is_alive(self.identity.public_key):  # we have not started ours: another process leads
+            log.warning("another coordinator with this key is alive: standing by")
+            return False
         if self.highest_term > self.led_term:
             log.warning("term %d is led by another coordinator (this one led term %d): standing by",
                         self.highest_term, self.led_term)
@@ -207,6 +211,8 @@ class Coordinator:
     async def _stand_by(self) -> str:
         self.role = "standby"
         self._standby = StandbyRole(self, flagged=self.standby_flag)
+        if self.latest_committed is not None:  # e.g. the retained notice that arrived before we stood by
+            self._standby.on_committed(self.latest_committed)
         self._takeover_term = await self._standby.until_takeover()
         self._standby = None
         return "take_over"
@@ -282,8 +288,17 @@ class Coordinator:
         self.highest_term = max(self.highest_term, record.term)
         if self.role == "primary" and record.term > self.term:
             self._superseded.set()
-        if isinstance(record, RoundCommitted) and self._standby is not None:
-            self._standby.on_committed(record)
+        elif self.role == "primary" and record.term == self.term and record.providers[:1] != [self.peer.address_str]:
+            # Two leaders in one term must not happen; if it does, exactly one steps down.
+            theirs = record.providers[0] if record.providers else ""
+            log.error("another coordinator (%s) also leads term %d", theirs, self.term)
+            if self.peer.address_str > theirs:
+                self._superseded.set()
+        if isinstance(record, RoundCommitted):
+            if self.latest_committed is None or record.round > self.latest_committed.round:
+                self.latest_committed = record
+            if self._standby is not None:
+                self._standby.on_committed(record)
 
     def _live_trainers(self) -> list[bytes]:
         alive = self.liveness.alive()

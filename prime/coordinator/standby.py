@@ -34,9 +34,13 @@ class StandbyRole:
     def __init__(self, coordinator: "Coordinator", *, flagged: bool) -> None:
         self.c = coordinator
         interval = coordinator.config.network.heartbeat_interval
-        # A coordinator started with --standby waits a little longer than one that stepped down,
-        # so two standbys facing a dead primary do not both take over.
-        self.takeover_after = interval * (5 if flagged else 3) + random.uniform(0, interval)
+        # The broker is the arbiter: it publishes the primary's (pre-signed) Last Will only once the
+        # primary's connection is really gone, so a Will allows a quick takeover. A coordinator started
+        # with --standby waits a little longer than one that stepped down, so two standbys facing a dead
+        # primary do not both take over. Mere silence (a primary never seen, a broker that lost the Will)
+        # needs much longer: a slow primary must not be deposed while it still commits.
+        self.after_will = interval * (3 if flagged else 1) + random.uniform(0, interval)
+        self.after_silence = max(15.0, 20 * interval)
         self.latest: RoundCommitted | None = None
         self._mirror_lock = asyncio.Lock()
 
@@ -112,7 +116,9 @@ class StandbyRole:
             if self.c.liveness.is_alive(key, within_s=3 * interval):
                 last_alive = now
                 continue
-            if now - last_alive < self.takeover_after:
+            heartbeat = self.c.liveness.last(key)
+            will_received = heartbeat is not None and not heartbeat.online
+            if now - last_alive < (self.after_will if will_received else self.after_silence):
                 continue
             await self._catch_up_from_dht()
             behind = self.latest is not None and self.latest.round > self.mirrored_round
@@ -122,6 +128,7 @@ class StandbyRole:
                             "not taking over behind it", self.latest.round)
                 continue
             term = self.c.highest_term + 1
-            log.warning("standby: primary silent for %.1fs; taking over at round %d with term %d",
-                        now - last_alive, self.mirrored_round + 1, term)
+            log.warning("standby: primary %s %.1fs ago; taking over at round %d with term %d",
+                        "died (Last Will)" if will_received else "went silent", now - last_alive,
+                        self.mirrored_round + 1, term)
             return term

@@ -52,7 +52,7 @@ def _plain_name(name: str) -> bool:
 
 def _safetensors_bytes(clean: StateDict) -> bytes | None:
     """``safetensors.torch.save(clean)``, byte for byte, with one copy; None if out of scope."""
-    if not all(v.dtype in _ST_DTYPES and _plain_name(k) for k, v in clean.items()):
+    if not all(v.dtype in _ST_DTYPES and v.layout == torch.strided and _plain_name(k) for k, v in clean.items()):
         return None
     order = sorted(clean, key=lambda k: (-_ST_DTYPES[clean[k].dtype][1], k))
     header: dict[str, dict[str, object]] = {}

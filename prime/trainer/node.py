@@ -141,11 +141,22 @@ class TrainerNode:
         found = self.checkpoints.latest_good()
         if found is None:
             return
-        name, state = found
-        self.engine.load_state_dict(state["engine"])
-        self.last_submitted_round = max(self.last_submitted_round, int(state["last_submitted_round"]))
-        self.rounds_trained = int(state.get("rounds_trained", 0))
+        name, payload = found
+        start_after = self.last_submitted_round  # --round N may ask to skip further ahead
+        self._apply_checkpoint(payload)
+        self.last_submitted_round = max(start_after, self.last_submitted_round)
         log.info("resumed from checkpoint %s (last submitted round %d)", name, self.last_submitted_round)
+
+    def _apply_checkpoint(self, payload: dict) -> None:
+        """Model, optimizer and data position, plus what was last submitted (to re-sign, not retrain)."""
+        self.engine.load_state_dict(payload["engine"])
+        self.last_submitted_round = int(payload["last_submitted_round"])
+        self.rounds_trained = int(payload.get("rounds_trained", 0))
+        last = payload.get("last_update")
+        try:
+            self._last_update = UpdateRecord.model_validate(last) if last else None
+        except ValueError:
+            self._last_update = None
 
     async def __aenter__(self) -> "TrainerNode":
         return self
@@ -181,14 +192,13 @@ class TrainerNode:
 
     async def save_checkpoint(self, name: str) -> Path:
         state = await asyncio.to_thread(self.engine.state_dict)
-        payload = {"engine": state, "last_submitted_round": self.last_submitted_round, "rounds_trained": self.rounds_trained}
+        payload = {"engine": state, "last_submitted_round": self.last_submitted_round, "rounds_trained": self.rounds_trained,
+                   "last_update": self._last_update.model_dump() if self._last_update else None}
         return await asyncio.to_thread(self.checkpoints.save, name, payload)
 
     async def load_checkpoint(self, name: str) -> None:
         payload = await asyncio.to_thread(self.checkpoints.load, name)
-        await asyncio.to_thread(self.engine.load_state_dict, payload["engine"])
-        self.last_submitted_round = int(payload["last_submitted_round"])
-        self.rounds_trained = int(payload.get("rounds_trained", 0))
+        await asyncio.to_thread(self._apply_checkpoint, payload)
 
     def list_checkpoints(self) -> list[str]:
         return self.checkpoints.list()
