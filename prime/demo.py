@@ -106,10 +106,10 @@ class LocalNetwork:
 
     def start_trainer(self, index: int, *extra: str) -> subprocess.Popen:
         name = self.trainer_names[index]
+        ports = [self.coordinator_port, *([self.standby_port] if "standby" in self.procs else []), self.dht_port]
         return self._spawn(
             name, "-m", "prime.trainer.cli", "--node-id", name, "--config", str(self.config_path),
-            "--coordinators", f"127.0.0.1:{self.coordinator_port},127.0.0.1:{self.standby_port},"
-                              f"127.0.0.1:{self.dht_port}",
+            "--coordinators", ",".join(f"127.0.0.1:{port}" for port in ports),
             "--data-dir", str(self.trainer_dir(name)), "--data-partition", str(index), *extra,
         )
 

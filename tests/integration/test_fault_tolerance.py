@@ -79,3 +79,34 @@ def _pending_updates(net: LocalNetwork) -> int:
             db.close()
     except sqlite3.Error:
         return 0
+
+
+def test_restarted_trainer_resumes_from_its_checkpoint_with_the_same_key(tmp_path):
+    from prime.core.identity import Identity
+    from prime.telemetry import read_metrics
+
+    net = LocalNetwork(tmp_path / "net", trainers=3, rounds=0, local_epochs=1,
+                       federated={"min_clients": 2, "round_timeout": 30.0})
+    name = net.trainer_names[0]
+    key_before = Identity.load_or_create(net.trainer_dir(name)).public_key
+    try:
+        net.start_all()
+        wait_for(net, lambda s: s["rounds_committed"] >= 3, 90, "three rounds")
+        net.signal(name, signal.SIGKILL)
+        epochs_before = read_metrics(net.trainer_dir(name))["current_epoch"]
+        net.start_trainer(0)
+        trained_again = lambda s: (read_metrics(net.trainer_dir(name)) or {}).get("current_epoch", 0) > epochs_before  # noqa: E731
+        status = wait_for(net, lambda s: trained_again(s) and s, 90, "the restarted trainer to train again")
+        status = wait_for(net, lambda s: s["rounds_committed"] > status["rounds_committed"] and s, 30, "one more round")
+    finally:
+        net.stop_all()
+    log = net.log_tail(name, 400)
+    assert "resumed from checkpoint round-" in log, log
+    assert Identity.load_or_create(net.trainer_dir(name)).public_key == key_before
+    final = read_metrics(net.trainer_dir(name))
+    assert final["public_key"] == key_before.hex()
+    assert final["current_epoch"] > epochs_before > 0  # optimizer and data position continued
+    assert name in status["rewards"] and len(status["rewards"]) == 3  # same key: same account
+    # Only the killed trainer may have an update refused: one whose blob died with it, or a retrained duplicate.
+    assert {r["node"] for r in status["rejected_updates"]} <= {name}
+    assert {r["reason"] for r in status["rejected_updates"]} <= {"blob_unavailable", "duplicate"}
