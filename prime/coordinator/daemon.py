@@ -89,6 +89,7 @@ class Coordinator:
         self.accepted_updates = 0
         self.late_copies = 0
         self.rejected: Counter[str] = Counter()
+        self.dropped_coordination: Counter[str] = Counter()  # junk on announce/committed/standby topics
         self._unattributed_recorded: Counter[int] = Counter()
         self.metrics_file = MetricsFile(store.path.parent / METRICS_FILE, self._metrics)
         # Leadership: the term this node leads (0: none yet), the highest term seen on the bus.
@@ -274,7 +275,7 @@ class Coordinator:
         try:
             record, _ = kind.open(payload, signer=self.identity.public_key)
         except DecodeError as exc:
-            self.rejected[f"bad_{topic.rsplit('/', 1)[-1]}"] += 1
+            self.dropped_coordination[topic.rsplit("/", 1)[-1]] += 1
             log.debug("dropped a bad %s record: %s", topic, exc)
             return
         if record.job_id != self.config.job_id:
@@ -316,6 +317,7 @@ class Coordinator:
             **self.peer.metrics(),
             "bus": self.bus.metrics,
             "liveness": {"accepted": self.liveness.accepted, "dropped": dict(self.liveness.dropped)},
+            "coordination": {"dropped": dict(self.dropped_coordination)},
         }
 
     def _reject(self, round_number: int, signer: bytes | None, name: str, rejection: UpdateRejected) -> None:

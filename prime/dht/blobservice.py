@@ -35,11 +35,13 @@ from typing import Any, BinaryIO
 
 from prime.core import encoding
 from prime.core.errors import BlobError, DecodeError
-from prime.dht.blobstore import BlobStore, check_digest, is_digest
+from prime.dht.blobstore import BlobStore, BlobWriter, check_digest, is_digest
 
 log = logging.getLogger(__name__)
 
 CHUNK_BYTES = 1024 * 1024
+#: The client hands received bytes to its hashing/writing thread in batches of this much.
+WRITE_BATCH_BYTES = 4 * 1024 * 1024
 MAX_FRAME_BYTES = 256
 DEFAULT_MAX_BLOB_BYTES = 1024**3
 DEFAULT_TIMEOUT_S = 10.0
@@ -133,12 +135,17 @@ class BlobServerMetrics:
 class BlobServer:
     """Serves a :class:`BlobStore` over TCP. Make with ``await BlobServer.start(...)``."""
 
-    def __init__(self, store: BlobStore, max_blob_bytes: int, timeout: float, max_clients: int) -> None:
+    def __init__(self, store: BlobStore, max_blob_bytes: int, timeout: float, max_clients: int,
+                 max_bytes_per_second: float | None = None) -> None:
+        if max_bytes_per_second is not None and not max_bytes_per_second > 0:
+            raise ValueError(f"max_bytes_per_second must be positive, got {max_bytes_per_second!r}")
         self.store = store
         self.metrics = BlobServerMetrics()
         self._max_blob_bytes = max_blob_bytes
         self._timeout = timeout
         self._max_clients = max_clients
+        self._rate = max_bytes_per_second
+        self._next_send = 0.0  # loop time before which the upload budget is spent
         self._server: asyncio.Server | None = None
         self._handlers: set[asyncio.Task[Any]] = set()
         self._address: Address = ("", 0)
@@ -153,9 +160,15 @@ class BlobServer:
         max_blob_bytes: int = DEFAULT_MAX_BLOB_BYTES,
         timeout: float = DEFAULT_TIMEOUT_S,
         max_clients: int = DEFAULT_MAX_CLIENTS,
+        max_bytes_per_second: float | None = None,
     ) -> "BlobServer":
-        """Listen on ``host:port`` (loopback by default); ``timeout`` bounds every read and drain."""
-        self = cls(store, max_blob_bytes, timeout, max_clients)
+        """Listen on ``host:port`` (loopback by default); ``timeout`` bounds every read and drain.
+
+        ``max_clients`` caps concurrent transfers (more are refused at once, so a fetcher
+        moves on to another provider); ``max_bytes_per_second`` caps the upload of all
+        transfers together (a node's uplink share), None for no cap.
+        """
+        self = cls(store, max_blob_bytes, timeout, max_clients, max_bytes_per_second)
         try:
             self._server = await asyncio.start_server(self._handle, host, port, limit=MAX_FRAME_BYTES * 4)
         except OSError as exc:
@@ -245,6 +258,7 @@ class BlobServer:
             offset = 0
             while offset < size:
                 count = min(CHUNK_BYTES, size - offset)
+                await self._throttle(count)
                 async with asyncio.timeout(self._timeout):  # a client that stops reading stalls here
                     sent = await loop.sendfile(writer.transport, file, offset, count)
                 if sent < count:
@@ -252,6 +266,14 @@ class BlobServer:
                 offset += sent
                 self.metrics.bytes_sent += sent
         self.metrics.served += 1
+
+    async def _throttle(self, count: int) -> None:
+        """Wait until the capped uplink would have carried ``count`` more bytes (transfers queue FIFO)."""
+        if self._rate is None:
+            return
+        now = asyncio.get_running_loop().time()
+        self._next_send = max(now, self._next_send) + count / self._rate
+        await asyncio.sleep(self._next_send - now)
 
     async def _refuse(self, writer: asyncio.StreamWriter, reason: str) -> None:
         self.metrics.bad_requests[reason] += 1
@@ -325,19 +347,27 @@ async def _receive(
         raise BlobError(f"blob {digest} at {where} is {size} bytes, over the {max_bytes}-byte limit; not fetched",
                         reason="oversize")
     with store.open_writer(expected_digest=digest, max_bytes=size) as blob:
-        # Hash + write run on a worker thread, one chunk behind the socket: the loop only receives.
+        # Hash + write run on a worker thread, one batch behind the socket: the loop only receives.
+        # Batches of >= WRITE_BATCH_BYTES keep thread hand-offs few (reads return what is buffered).
         writing: asyncio.Future[None] | None = None
         try:
             remaining = size
+            batch: list[bytes] = []
+            batched = 0
             while remaining > 0:
                 async with asyncio.timeout(timeout):
                     chunk = await reader.read(min(CHUNK_BYTES, remaining))
                 if not chunk:
                     raise BlobError(f"blob provider {where} closed after {size - remaining} of {size} bytes of {digest}")
                 remaining -= len(chunk)
+                batch.append(chunk)
+                batched += len(chunk)
+                if batched < WRITE_BATCH_BYTES and remaining > 0:
+                    continue
                 if writing is not None:
                     await writing
-                writing = asyncio.ensure_future(asyncio.to_thread(blob.write, chunk))
+                writing = asyncio.ensure_future(asyncio.to_thread(_write_all, blob, batch))
+                batch, batched = [], 0
             if writing is not None:
                 await writing
                 writing = None
@@ -348,6 +378,11 @@ async def _receive(
         finally:
             if writing is not None:  # never discard the temp file under a thread still writing to it
                 await asyncio.shield(_settle(writing))
+
+
+def _write_all(blob: BlobWriter, chunks: list[bytes]) -> None:
+    for chunk in chunks:
+        blob.write(chunk)
 
 
 async def _settle(future: asyncio.Future[None]) -> None:

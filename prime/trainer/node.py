@@ -273,20 +273,7 @@ class TrainerNode:
             return self._drop("old_term", f"term {ann.term} < {self.highest_term}")
         self.highest_term = ann.term
         self.current_round = max(self.current_round, ann.round)
-        if self.identity.public_key not in ann.selected:
-            return
-        last = self._last_update
-        if last and last.round == ann.round and last.model_version == ann.model_version:
-            # Re-announced (coordinator restarted or a standby took over): re-sign the same update
-            # for the announcement's term and send it again; don't retrain.
-            now = time.time()
-            again = last.model_copy(update={"term": ann.term, "issued": now,
-                                            "expires": now + self.config.security.record_ttl})
-            resend = asyncio.create_task(self.bus.publish(self.topics.updates, again.seal(self.identity).to_bytes()))
-            self._background.add(resend)
-            resend.add_done_callback(self._background.discard)
-            return
-        if ann.round <= self.last_submitted_round:
+        if self.identity.public_key not in ann.selected or self._answer_if_submitted(ann):
             return
         max_epochs = self.config.training.max_epochs
         if max_epochs and self.engine.epochs_done >= max_epochs:
@@ -294,7 +281,27 @@ class TrainerNode:
         self._pending = ann
         self._wake.set()
 
+    def _answer_if_submitted(self, ann: RoundAnnouncement) -> bool:
+        """True if this round was already submitted; then, if we still hold that update, resend it.
+
+        A re-announced round (coordinator restarted, standby took over) gets the same update
+        re-signed for the announcement's term: never retrained, so never a second, different update.
+        """
+        if ann.round > self.last_submitted_round:
+            return False
+        last = self._last_update
+        if last and last.round == ann.round and last.model_version == ann.model_version:
+            now = time.time()
+            again = last.model_copy(update={"term": ann.term, "issued": now,
+                                            "expires": now + self.config.security.record_ttl})
+            resend = asyncio.create_task(self.bus.publish(self.topics.updates, again.seal(self.identity).to_bytes()))
+            self._background.add(resend)
+            resend.add_done_callback(self._background.discard)
+        return True
+
     async def _run_round(self, ann: RoundAnnouncement) -> None:
+        if self._answer_if_submitted(ann):  # queued while we trained the same round for an earlier announcement
+            return
         if time.time() > ann.deadline:
             return self._drop("past_deadline", f"round {ann.round}")
         net = self.config.network

@@ -7,6 +7,7 @@ never trains before round 99: it makes a round wait on demand, deterministically
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 
@@ -22,11 +23,7 @@ def test_dead_selected_trainer_is_not_waited_for(tmp_path):
     net = LocalNetwork(tmp_path / "net", trainers=3, rounds=2, local_epochs=1,
                        federated={"min_clients": 2, "round_timeout": 120.0})
     try:
-        net.start_infrastructure()
-        net.start_coordinator()
-        net.start_trainer(0)
-        net.start_trainer(1)
-        net.start_trainer(2, "--round", "99")  # selected, alive, silent
+        _start_trainers_then_coordinator(net)
         wait_for(net, lambda s: _announced(net), 60, "round 1 announced")
         time.sleep(3)  # honest trainers deliver; the round now waits only on trainer-003
         assert (net.status() or {}).get("rounds_committed", 0) == 0, "round closed without waiting"
@@ -44,11 +41,7 @@ def test_coordinator_killed_mid_round_reuses_verified_updates(tmp_path):
                        federated={"min_clients": 3, "round_timeout": 120.0})
     first, second, third = net.trainer_names
     try:
-        net.start_infrastructure()
-        net.start_coordinator()
-        net.start_trainer(0)
-        net.start_trainer(1)
-        net.start_trainer(2, "--round", "99")
+        _start_trainers_then_coordinator(net)
         wait_for(net, lambda s: _pending_updates(net) >= 2, 60, "two verified updates pending")
         # Everyone who delivered dies, then the coordinator: their updates exist only in its store.
         for name in (first, second, "coordinator", third):
@@ -62,6 +55,22 @@ def test_coordinator_killed_mid_round_reuses_verified_updates(tmp_path):
     assert set(status["rewards"]) == {first, second, third}
     assert "via recovered" in net.log_tail("coordinator", 200)
     assert status["rejected_updates"] == []
+
+
+def _start_trainers_then_coordinator(net: LocalNetwork) -> None:
+    """Trainers 1 and 2 normal, trainer 3 silent (``--round 99``); all up before the coordinator
+    starts, so its first selection (after its start-up pause) includes all three."""
+    from prime.telemetry import read_metrics
+
+    net.start_infrastructure()
+    net.start_trainer(0)
+    net.start_trainer(1)
+    net.start_trainer(2, "--round", "99")
+    deadline = time.monotonic() + 60
+    while not all(read_metrics(net.trainer_dir(n)) for n in net.trainer_names):
+        assert time.monotonic() < deadline, "trainers did not start"
+        time.sleep(0.2)
+    net.start_coordinator()
 
 
 def _announced(net: LocalNetwork) -> bool:
@@ -91,7 +100,8 @@ def test_restarted_trainer_resumes_from_its_checkpoint_with_the_same_key(tmp_pat
     key_before = Identity.load_or_create(net.trainer_dir(name)).public_key
     try:
         net.start_all()
-        wait_for(net, lambda s: s["rounds_committed"] >= 3, 90, "three rounds")
+        wait_for(net, lambda s: (read_metrics(net.trainer_dir(name)) or {}).get("rounds_trained", 0) >= 2
+                 and os.path.exists(net.trainer_dir(name) / "checkpoints"), 90, f"{name} to train two rounds")
         net.signal(name, signal.SIGKILL)
         epochs_before = read_metrics(net.trainer_dir(name))["current_epoch"]
         net.start_trainer(0)

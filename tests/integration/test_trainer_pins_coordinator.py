@@ -25,7 +25,7 @@ pytestmark = pytest.mark.slow
 
 def announcement(net: LocalNetwork, trainer_key: bytes, issued: float, expires: float) -> RoundAnnouncement:
     return RoundAnnouncement(
-        job_id=net.config.job_id, round=1, model_version=0, model_digest="ab" * 32, model_size=10,
+        term=1, job_id=net.config.job_id, round=1, model_version=0, model_digest="ab" * 32, model_size=10,
         providers=["127.0.0.1:9"], selected=[trainer_key], deadline=expires, issued=issued, expires=expires,
         total_rounds=1,
     )
