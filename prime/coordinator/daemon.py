@@ -16,46 +16,40 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from prime.atomic import write_atomic
 from prime.bus.broker import EmbeddedBroker
 from prime.bus.client import BusClient
 from prime.bus.liveness import Heartbeat, LivenessTracker
 from prime.bus.topics import Topics
 from prime.coordinator.evaluation import evaluate
+from prime.coordinator.intake import UpdateIntake
 from prime.coordinator.rounds import RoundCollector
 from prime.coordinator.selection import select_trainers
+from prime.coordinator.standby import StandbyRole
 from prime.coordinator.status import DB_NAME
 from prime.coordinator.store import CoordinatorStore, RoundCommit
-from prime.coordinator.verification import check_record, check_tensors
 from prime.core import rewards, tensors
-from prime.core.aggregation import Contribution, build_strategy
+from prime.core.aggregation import build_strategy
 from prime.core.config import JobConfig
 from prime.core.datasets import load_digits_split
-from prime.core.errors import BlobError, CoordinatorError, DecodeError, PrimeError, SignatureError, UpdateRejected
+from prime.core.errors import CoordinatorError, DecodeError, PrimeError
 from prime.core.identity import Identity
 from prime.core.models import build_model
-from prime.core.net import parse_hostport
-from prime.core.retry import with_retries
 from prime.core.records import (
     COMMITTED_TTL,
     RoundAnnouncement,
     RoundCommitted,
     StandbyStatus,
-    UpdateRecord,
     dht_announce_name,
     dht_checkpoint_name,
-    dht_update_name,
 )
-from prime.dht.blobservice import fetch_from_any
-from prime.atomic import write_atomic
-from prime.coordinator.standby import StandbyRole
+from prime.core.retry import with_retries
 from prime.dht.peer import Peer
 from prime.telemetry import METRICS_FILE, MetricsFile
 
 log = logging.getLogger(__name__)
 
 EMBEDDED_BROKER = ("127.0.0.1", 1883)
-#: Anonymous (unsigned or undecodable) rejections written to the database per round; the rest are counted.
-MAX_UNATTRIBUTED_RECORDED = 20
 #: Local file: the highest term this coordinator has led (not replicated: it says who *this* node was).
 LED_TERM_FILE = "led_term"
 
@@ -81,16 +75,10 @@ class Coordinator:
         self.liveness = LivenessTracker(timeout_s=3 * net.heartbeat_interval)
         self.model = build_model(config.model, seed=config.training.seed)
         self.test_data = load_digits_split(config.data.test_fraction, config.data.seed)[1]
-        self._collector: RoundCollector | None = None
-        self._global_state: dict | None = None
-        self._aggregate_lock = asyncio.Lock()
         self._tasks: set[asyncio.Task] = set()
         self._stopping = asyncio.Event()
-        self.accepted_updates = 0
-        self.late_copies = 0
-        self.rejected: Counter[str] = Counter()
+        self.intake = UpdateIntake(config, store, peer, self._spawn)
         self.dropped_coordination: Counter[str] = Counter()  # junk on announce/committed/standby topics
-        self._unattributed_recorded: Counter[int] = Counter()
         self.metrics_file = MetricsFile(store.path.parent / METRICS_FILE, self._metrics)
         # Leadership: the term this node leads (0: none yet), the highest term seen on the bus.
         self.standby_flag = standby
@@ -202,8 +190,7 @@ class Coordinator:
         if not rounds.done():
             rounds.cancel()
             await self.heartbeat.stop(say_offline=False)
-            async with self._aggregate_lock:
-                self._collector = None
+            await self.intake.close_round()
             log.warning("superseded by term %d: stepping down to standby", self.highest_term)
             return "superseded"
         rounds.result()
@@ -262,7 +249,7 @@ class Coordinator:
         async for topic, payload in self.bus.messages():
             if topic == self.topics.updates:
                 if self.role == "primary":
-                    self._spawn(self._on_update(payload, via="bus"))
+                    self._spawn(self.intake.receive(payload, via="bus"))
             elif topic.startswith(self.topics.prefix + "/liveness/"):
                 self.liveness.observe(payload)
             elif topic in (self.topics.announce, self.topics.committed, self.topics.standby):
@@ -310,107 +297,21 @@ class Coordinator:
             "role": f"coordinator-{self.role}",
             "term": self.term,
             "highest_term": self.highest_term,
-            "round": self._collector.round if self._collector else None,
+            "round": self.intake.collector.round if self.intake.collector else None,
             "rounds_committed": self.store.last_committed_round(),
-            "updates": {"accepted": self.accepted_updates, "rejected": dict(self.rejected),
-                        "late_copies": self.late_copies},
+            "updates": self.intake.metrics(),
             **self.peer.metrics(),
             "bus": self.bus.metrics,
             "liveness": {"accepted": self.liveness.accepted, "dropped": dict(self.liveness.dropped)},
             "coordination": {"dropped": dict(self.dropped_coordination)},
         }
 
-    def _reject(self, round_number: int, signer: bytes | None, name: str, rejection: UpdateRejected) -> None:
-        """Count every refusal; record it in the database unless it is anonymous junk past a cap.
-
-        Garbage with no verifiable sender, or signed by a key the job never admitted (fresh keys
-        are free), costs an attacker nothing to send, so only the first few per round go to the
-        database (and the log); the rest are only counted.
-        """
-        self.rejected[rejection.reason] += 1
-        if signer is None or not self.config.admission.admits(signer):
-            self._unattributed_recorded[round_number] += 1
-            if self._unattributed_recorded[round_number] > MAX_UNATTRIBUTED_RECORDED:
-                return
-        log.warning("round %d: rejected update from %s: %s", round_number, name or "?", rejection)
-        self.store.record_rejection(round_number, signer, name, rejection.reason, rejection.detail)
-
-    async def _on_update(self, payload: bytes, *, via: str) -> None:
-        current = self._collector
-        current_round = current.round if current else 0
-        try:
-            record, env = UpdateRecord.open(payload)
-        except SignatureError as exc:
-            return self._reject(current_round, None, "", UpdateRejected("bad_signature", str(exc)))
-        except DecodeError as exc:
-            return self._reject(current_round, None, "", UpdateRejected("malformed", str(exc)))
-        signer = env.signer
-        try:
-            committed = self.store.committed_update_digest(record.round, signer)
-            if committed == record.blob_digest:
-                if record.round >= self.store.last_committed_round():
-                    self.late_copies += 1  # a straggling copy of the round just committed (bus resend, DHT sweep)
-                    return
-                raise UpdateRejected("replay", f"update already committed in round {record.round}")
-            if committed is not None:
-                raise UpdateRejected("duplicate", f"round {record.round} already credited this trainer")
-            check_record(record, signer, self.config, current.announcement if current else None, time.time())
-            if not current.claim(signer, record):
-                return  # the same record again (bus and DHT both delivered it)
-        except UpdateRejected as rejection:
-            return self._reject(record.round, signer, record.node_name, rejection)
-        try:
-            contribution = await self._verify_blob(record, signer)
-            async with self._aggregate_lock:
-                if current is not self._collector:
-                    return  # the round closed while we verified
-                await asyncio.to_thread(current.strategy.add, contribution)
-                current.accept(signer, record)
-                self.store.add_pending(record.round, signer, payload)
-                self.accepted_updates += 1
-            log.info("round %d: accepted %s (%d samples, via %s)", record.round, record.node_name, record.num_samples, via)
-        except UpdateRejected as rejection:
-            current.release(signer)
-            self._reject(record.round, signer, record.node_name, rejection)
-
-    async def _verify_blob(self, record: UpdateRecord, signer: bytes) -> Contribution:
-        net = self.config.network
-        try:
-            providers = [parse_hostport(p) for p in record.providers]
-        except ValueError as exc:
-            raise UpdateRejected("bad_provider", str(exc)) from None
-        try:
-            await fetch_from_any(providers, record.blob_digest, self.peer.blobs, max_bytes=net.max_message_size, timeout=net.timeout)
-        except BlobError as exc:
-            reason = {"tampered": "tampered_blob", "oversize": "oversize"}.get(exc.reason, "blob_unavailable")
-            raise UpdateRejected(reason, str(exc)) from None
-        data = await asyncio.to_thread(self.peer.blobs.read_bytes, record.blob_digest)
-        if len(data) != record.blob_size:
-            raise UpdateRejected("size_mismatch", f"blob is {len(data)} bytes, record says {record.blob_size}")
-        try:
-            delta = await asyncio.to_thread(tensors.decode_state, data, max_bytes=net.max_message_size)
-        except DecodeError as exc:
-            raise UpdateRejected("undecodable", str(exc)) from None
-        await asyncio.to_thread(check_tensors, delta, self._global_state, self.config.security.max_update_norm)
-        return Contribution(signer, delta, self.config.admission.weight(signer, record.num_samples))
-
-    async def _sweep_dht(self, collector: RoundCollector) -> None:
-        """Look in the DHT for selected trainers' update records that no bus notice brought."""
-        name = dht_update_name(self.config.job_id, collector.round)
-        while True:
-            await asyncio.sleep(max(0.5, self.config.federated.round_timeout / 10))
-            for key in collector.missing():
-                with contextlib.suppress(PrimeError):
-                    value = await self.peer.dht.get(key, name)
-                    if isinstance(value, dict) and isinstance(value.get("update"), bytes):
-                        self._spawn(self._on_update(value["update"], via="dht"))
-
     # -- the round ---------------------------------------------------------------------
     async def _run_round(self, round_number: int) -> None:
         fed = self.config.federated
         version, digest, size = self.store.latest_version()
         model_bytes = await asyncio.to_thread(self.peer.blobs.read_bytes, digest)
-        self._global_state = await asyncio.to_thread(
+        global_state = await asyncio.to_thread(
             tensors.decode_state, model_bytes, max_bytes=self.config.network.max_message_size
         )
         started, attempt = None, 0
@@ -419,16 +320,15 @@ class Coordinator:
             recovered = self.store.pending(round_number)  # verified before a crash: reuse, don't refetch
             selected = await self._await_selection(round_number, attempt, reserved=list(recovered))
             started = started or time.monotonic()  # round time counts from the first announcement
-            collector = await self._announce(round_number, version, digest, size, selected)
+            collector = await self._announce(round_number, version, digest, size, selected, global_state)
             for envelope in recovered.values():
-                self._spawn(self._on_update(envelope, via="recovered"))
-            sweeper = self._spawn(self._sweep_dht(collector))
+                self._spawn(self.intake.receive(envelope, via="recovered"))
+            sweeper = self._spawn(self.intake.sweep_dht(collector))
             try:
                 await self._collect(collector)
             finally:
                 sweeper.cancel()
-            async with self._aggregate_lock:
-                self._collector = None
+            await self.intake.close_round()
             if len(collector.accepted) >= fed.min_clients:
                 break
             log.warning("round %d: %d of %d needed updates (deadline passed or selected trainers died); "
@@ -474,7 +374,8 @@ class Coordinator:
                 announced_wait = True
             await asyncio.sleep(0.1)
 
-    async def _announce(self, round_number: int, version: int, digest: str, size: int, selected: list[bytes]) -> RoundCollector:
+    async def _announce(self, round_number: int, version: int, digest: str, size: int, selected: list[bytes],
+                        global_state: dict) -> RoundCollector:
         now = time.time()
         announcement = RoundAnnouncement(
             job_id=self.config.job_id, term=self.term, round=round_number, model_version=version, model_digest=digest,
@@ -483,8 +384,7 @@ class Coordinator:
             expires=now + self.config.federated.round_timeout, total_rounds=self.config.federated.rounds,
         )
         collector = RoundCollector(announcement, build_strategy(self.config.federated.aggregation_strategy))
-        collector.strategy.begin(self._global_state)
-        self._collector = collector
+        self.intake.open_round(collector, global_state)
         sealed = announcement.seal(self.identity).to_bytes()
         await self.bus.publish(self.topics.announce, sealed, retain=True)
         # The bus carries it now; the DHT copy (for late joiners) must not hold up the round.

@@ -14,14 +14,16 @@ seconds; writes wait on ``drain()`` (back-pressure) under the same timeout.
 
 Neither side touches the bytes on the event loop. The server hands the file to the
 kernel (``loop.sendfile``: zero-copy ``os.sendfile`` on plain TCP), one
-:data:`CHUNK_BYTES` segment at a time, each under the timeout. The client hashes and
-writes each chunk on a worker thread while the loop receives the next (at most one
-chunk in flight), and fsyncs off the loop.
+:data:`SEND_SEGMENT_BYTES` segment at a time, each under the timeout. The client's
+protocol lets the kernel copy the body straight into a few reusable batch buffers; a
+worker thread hashes and writes each full batch while the next fills, and the fsync
+runs off the loop too. Reading pauses while every buffer waits for the worker.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import os
@@ -42,6 +44,8 @@ log = logging.getLogger(__name__)
 CHUNK_BYTES = 1024 * 1024
 #: The client hands received bytes to its hashing/writing thread in batches of this much.
 WRITE_BATCH_BYTES = 4 * 1024 * 1024
+#: The server hands the kernel this much per ``sendfile``; a client must take each within ``timeout``.
+SEND_SEGMENT_BYTES = 4 * 1024 * 1024
 MAX_FRAME_BYTES = 256
 DEFAULT_MAX_BLOB_BYTES = 1024**3
 DEFAULT_TIMEOUT_S = 10.0
@@ -257,7 +261,7 @@ class BlobServer:
             loop = asyncio.get_running_loop()
             offset = 0
             while offset < size:
-                count = min(CHUNK_BYTES, size - offset)
+                count = min(SEND_SEGMENT_BYTES, size - offset)
                 await self._throttle(count)
                 async with asyncio.timeout(self._timeout):  # a client that stops reading stalls here
                     sent = await loop.sendfile(writer.transport, file, offset, count)
@@ -306,13 +310,15 @@ async def fetch_blob(
     if store.has(digest):
         return store.path(digest)
     where = f"{host}:{port}"
+    loop = asyncio.get_running_loop()
+    receiver = _Receiver(encode_request(digest))
     try:
         async with asyncio.timeout(timeout):
-            reader, writer = await asyncio.open_connection(host, port, limit=CHUNK_BYTES)
+            await loop.create_connection(lambda: receiver, host, port)
     except (OSError, TimeoutError) as exc:
         raise BlobError(f"cannot connect to blob provider {where}: {exc or 'timed out'}") from None
     try:
-        await _receive(reader, writer, digest, store, where, max_bytes, timeout)
+        await _receive(receiver, digest, store, where, max_bytes, timeout)
     except TimeoutError:
         raise BlobError(f"blob provider {where} stalled for more than {timeout}s on {digest}") from None
     except asyncio.IncompleteReadError as exc:
@@ -322,52 +328,33 @@ async def fetch_blob(
     except DecodeError as exc:
         raise BlobError(f"blob provider {where} sent a malformed header: {exc}") from None
     finally:
-        writer.close()
-        with contextlib.suppress(ConnectionError, OSError):
-            await writer.wait_closed()
+        await receiver.close()
     return store.path(digest)
 
 
 async def _receive(
-    reader: asyncio.StreamReader,
-    writer: asyncio.StreamWriter,
-    digest: str,
-    store: BlobStore,
-    where: str,
-    max_bytes: int,
-    timeout: float,
+    receiver: "_Receiver", digest: str, store: BlobStore, where: str, max_bytes: int, timeout: float
 ) -> None:
-    writer.write(encode_request(digest))
     async with asyncio.timeout(timeout):
-        await writer.drain()
-    status, size = decode_response_header(await read_frame(reader, timeout))
+        status, size = await receiver.header
     if status is not BlobStatus.OK:
         raise BlobError(f"blob provider {where} answered {status.value} for {digest}")
     if size > max_bytes:
         raise BlobError(f"blob {digest} at {where} is {size} bytes, over the {max_bytes}-byte limit; not fetched",
                         reason="oversize")
     with store.open_writer(expected_digest=digest, max_bytes=size) as blob:
-        # Hash + write run on a worker thread, one batch behind the socket: the loop only receives.
-        # Batches of >= WRITE_BATCH_BYTES keep thread hand-offs few (reads return what is buffered).
+        # The loop only receives (straight into batch buffers); a worker thread hashes and
+        # writes each full batch while the next one fills.
         writing: asyncio.Future[None] | None = None
         try:
-            remaining = size
-            batch: list[bytes] = []
-            batched = 0
-            while remaining > 0:
-                async with asyncio.timeout(timeout):
-                    chunk = await reader.read(min(CHUNK_BYTES, remaining))
-                if not chunk:
-                    raise BlobError(f"blob provider {where} closed after {size - remaining} of {size} bytes of {digest}")
-                remaining -= len(chunk)
-                batch.append(chunk)
-                batched += len(chunk)
-                if batched < WRITE_BATCH_BYTES and remaining > 0:
-                    continue
+            receiver.accept_body(size)
+            received = 0
+            while received < size:
+                batch = await receiver.next_batch(timeout)
                 if writing is not None:
                     await writing
-                writing = asyncio.ensure_future(asyncio.to_thread(_write_all, blob, batch))
-                batch, batched = [], 0
+                writing = asyncio.ensure_future(asyncio.to_thread(_write_batch, blob, batch, receiver))
+                received += len(batch)
             if writing is not None:
                 await writing
                 writing = None
@@ -380,14 +367,177 @@ async def _receive(
                 await asyncio.shield(_settle(writing))
 
 
-def _write_all(blob: BlobWriter, chunks: list[bytes]) -> None:
-    for chunk in chunks:
-        blob.write(chunk)
+def _write_batch(blob: BlobWriter, batch: memoryview, receiver: "_Receiver") -> None:
+    try:
+        blob.write(batch)
+    finally:
+        receiver.release_threadsafe(batch)
 
 
 async def _settle(future: asyncio.Future[None]) -> None:
     with contextlib.suppress(Exception):
         await future
+
+
+class _Receiver(asyncio.BufferedProtocol):
+    """The client end of one fetch: sends the request, parses the header, then lets the
+    kernel copy the body straight into a few reusable batch buffers (no per-chunk
+    ``bytes`` objects). Reading pauses while every buffer waits to be hashed and written:
+    that is the back-pressure on the provider.
+    """
+
+    _BUFFERS = 3
+
+    def __init__(self, request: bytes) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._request = request
+        self._transport: asyncio.Transport | None = None
+        self.header: asyncio.Future[tuple[BlobStatus, int]] = self._loop.create_future()
+        self._prefix = bytearray(_LEN_BYTES)
+        self._frame: bytearray | None = None  # the header frame, once the prefix gave its length
+        self._head_filled = 0  # bytes of the prefix, then of the frame
+        self._body_left = -1  # bytes of body still to come; -1 until accept_body
+        self._batch_size = 0
+        self._buffers = 0
+        self._free: list[bytearray] = []
+        self._current: bytearray | None = None
+        self._filled = 0
+        self._ready: collections.deque[memoryview] = collections.deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self._paused = False
+        self._ended: BaseException | None = None  # why no more bytes will come
+        self._progress = self._loop.time()
+        self._discard = bytearray(64 * 1024)  # anything a provider sends past the body
+
+    # -- protocol callbacks (event loop) ------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]
+        self._transport.write(self._request)
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        if not self.header.done():
+            return memoryview(self._prefix if self._frame is None else self._frame)[self._head_filled:]
+        if self._body_left <= 0 or self._ended is not None:
+            return memoryview(self._discard)
+        if self._current is None:
+            self._current = self._free.pop() if self._free else bytearray(self._batch_size)
+            self._filled = 0
+        end = min(len(self._current), self._filled + self._body_left)
+        return memoryview(self._current)[self._filled:end]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self._progress = self._loop.time()
+        if not self.header.done():
+            self._head_filled += nbytes
+            self._header_progress()
+            return
+        if self._body_left <= 0 or self._current is None:
+            return  # past the body: ignored
+        self._filled += nbytes
+        self._body_left -= nbytes
+        if self._filled == len(self._current) or self._body_left == 0:
+            self._ready.append(memoryview(self._current)[: self._filled])
+            self._current = None
+            self._wake()
+            if self._body_left > 0 and not self._free and self._buffers >= self._BUFFERS:
+                self._pause()
+            elif self._body_left > 0 and not self._free:
+                self._buffers += 1  # get_buffer allocates it
+
+    def eof_received(self) -> bool:
+        self._end(asyncio.IncompleteReadError(b"", None))
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._end(exc if exc is not None else asyncio.IncompleteReadError(b"", None))
+
+    # -- the fetching task's side ---------------------------------------------------------
+
+    def accept_body(self, size: int) -> None:
+        """The header was acceptable: start taking ``size`` body bytes."""
+        self._body_left = size
+        self._batch_size = max(1, min(WRITE_BATCH_BYTES, size))
+        self._buffers = 1
+        self._resume()
+
+    async def next_batch(self, timeout: float) -> memoryview:
+        """The next filled batch; ``TimeoutError`` after ``timeout`` s without a byte arriving."""
+        while not self._ready:
+            if self._ended is not None:
+                raise self._ended
+            self._waiter = self._loop.create_future()
+            wait = self._progress + timeout - self._loop.time()
+            if wait <= 0:
+                raise TimeoutError
+            try:
+                async with asyncio.timeout(wait):
+                    await self._waiter
+            except TimeoutError:
+                if self._loop.time() - self._progress >= timeout:
+                    raise
+            finally:
+                self._waiter = None
+        return self._ready.popleft()
+
+    def release_threadsafe(self, batch: memoryview) -> None:
+        """A batch is hashed and written (called on the worker thread): reuse its buffer."""
+        self._loop.call_soon_threadsafe(self._release, batch)
+
+    async def close(self) -> None:
+        if not self.header.done():
+            self.header.cancel()
+        elif not self.header.cancelled():
+            self.header.exception()  # seen (the caller raised it or moved past it)
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.close()
+
+    # -- internals ----------------------------------------------------------------------
+
+    def _header_progress(self) -> None:
+        try:
+            if self._frame is None:
+                if self._head_filled == _LEN_BYTES:
+                    self._frame = bytearray(frame_length(bytes(self._prefix)))
+                    self._head_filled = 0
+            elif self._head_filled == len(self._frame):
+                status, size = decode_response_header(bytes(self._frame))
+                self._pause()  # hold the body until the caller checked status and size
+                self.header.set_result((status, size))
+        except DecodeError as exc:
+            self.header.set_exception(exc)
+            if self._transport is not None:
+                self._transport.close()
+
+    def _release(self, batch: memoryview) -> None:
+        buffer = batch.obj
+        batch.release()
+        if isinstance(buffer, bytearray) and len(buffer) == self._batch_size:
+            self._free.append(buffer)
+        if self._paused and self._body_left > 0 and self._ended is None:
+            self._resume()
+
+    def _end(self, exc: BaseException) -> None:
+        if self._ended is None:
+            self._ended = exc
+        if not self.header.done():
+            self.header.set_exception(exc)
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    def _pause(self) -> None:
+        if self._transport is not None and not self._paused:
+            self._paused = True
+            self._transport.pause_reading()
+
+    def _resume(self) -> None:
+        if self._transport is not None and self._paused:
+            self._paused = False
+            self._progress = self._loop.time()  # time spent paused was ours, not a stalled provider's
+            self._transport.resume_reading()
 
 
 async def fetch_from_any(

@@ -39,7 +39,7 @@ import umsgpack
 
 from prime.bus.client import BusClient
 from prime.bus.topics import Topics
-from prime.coordinator.daemon import MAX_UNATTRIBUTED_RECORDED
+from prime.coordinator.intake import MAX_UNATTRIBUTED_RECORDED
 from prime.coordinator.status import DB_NAME
 from prime.core import encoding
 from prime.core.envelope import Domain, Envelope, seal

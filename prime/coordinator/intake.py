@@ -1,0 +1,158 @@
+"""Update intake: from signed bytes (bus notice, DHT record, recovered) to a counted contribution.
+
+Every update goes through the same gate, whichever path brought it: verify the
+envelope, refuse replays and duplicates, check the record against the open round
+(``verification.check_record``), fetch the blob by digest and check the tensors
+(``verification.check_tensors``), then fold it into the round's strategy and
+persist it as pending, so a restarted coordinator reuses it. Refusals are counted
+and recorded with their reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from prime.coordinator.rounds import RoundCollector
+from prime.coordinator.store import CoordinatorStore
+from prime.coordinator.verification import check_record, check_tensors
+from prime.core import tensors
+from prime.core.aggregation import Contribution
+from prime.core.config import JobConfig
+from prime.core.errors import BlobError, DecodeError, PrimeError, SignatureError, UpdateRejected
+from prime.core.net import parse_hostport
+from prime.core.records import UpdateRecord, dht_update_name
+from prime.dht.blobservice import fetch_from_any
+from prime.dht.peer import Peer
+
+log = logging.getLogger(__name__)
+
+#: Rejections without a verifiable, admitted sender written to the database per round; the rest are counted.
+MAX_UNATTRIBUTED_RECORDED = 20
+
+Spawn = Callable[[Coroutine[Any, Any, Any]], asyncio.Task]
+
+
+class UpdateIntake:
+    def __init__(self, config: JobConfig, store: CoordinatorStore, peer: Peer, spawn: Spawn) -> None:
+        self.config = config
+        self.store = store
+        self.peer = peer
+        self.spawn = spawn
+        self.collector: RoundCollector | None = None  # the open round, if any
+        self.global_state: dict | None = None  # the model the open round started from
+        self.lock = asyncio.Lock()  # serialises folding into the strategy with closing the round
+        self.accepted = 0
+        self.late_copies = 0
+        self.rejected: Counter[str] = Counter()
+        self._unattributed: Counter[int] = Counter()
+
+    def open_round(self, collector: RoundCollector, global_state: dict) -> None:
+        collector.strategy.begin(global_state)
+        self.collector, self.global_state = collector, global_state
+
+    async def close_round(self) -> None:
+        async with self.lock:
+            self.collector = None
+
+    def metrics(self) -> dict:
+        return {"accepted": self.accepted, "rejected": dict(self.rejected), "late_copies": self.late_copies}
+
+    # -- the gate ----------------------------------------------------------------------
+    async def receive(self, payload: bytes, *, via: str) -> None:
+        current = self.collector
+        try:
+            record, env = UpdateRecord.open(payload)
+        except SignatureError as exc:
+            return self._reject(current.round if current else 0, None, "", UpdateRejected("bad_signature", str(exc)))
+        except DecodeError as exc:
+            return self._reject(current.round if current else 0, None, "", UpdateRejected("malformed", str(exc)))
+        signer = env.signer
+        try:
+            if self._already_committed(record, signer):
+                return
+            check_record(record, signer, self.config, current.announcement if current else None, time.time())
+            if not current.claim(signer, record):
+                return  # the same record again (bus and DHT both delivered it)
+        except UpdateRejected as rejection:
+            return self._reject(record.round, signer, record.node_name, rejection)
+        try:
+            contribution = await self._verify_blob(record, signer)
+            async with self.lock:
+                if current is not self.collector:
+                    return  # the round closed while we verified
+                await asyncio.to_thread(current.strategy.add, contribution)
+                current.accept(signer, record)
+                self.store.add_pending(record.round, signer, payload)
+                self.accepted += 1
+            log.info("round %d: accepted %s (%d samples, via %s)", record.round, record.node_name,
+                     record.num_samples, via)
+        except UpdateRejected as rejection:
+            current.release(signer)
+            self._reject(record.round, signer, record.node_name, rejection)
+
+    def _already_committed(self, record: UpdateRecord, signer: bytes) -> bool:
+        """True for a harmless late copy of the round just committed; raise for a replay or duplicate."""
+        committed = self.store.committed_update_digest(record.round, signer)
+        if committed is None:
+            return False
+        if committed != record.blob_digest:
+            raise UpdateRejected("duplicate", f"round {record.round} already credited this trainer")
+        if record.round < self.store.last_committed_round():
+            raise UpdateRejected("replay", f"update already committed in round {record.round}")
+        self.late_copies += 1  # a straggling copy (bus resend, DHT sweep) of the round just committed
+        return True
+
+    async def _verify_blob(self, record: UpdateRecord, signer: bytes) -> Contribution:
+        net = self.config.network
+        try:
+            providers = [parse_hostport(p) for p in record.providers]
+        except ValueError as exc:
+            raise UpdateRejected("bad_provider", str(exc)) from None
+        try:
+            await fetch_from_any(providers, record.blob_digest, self.peer.blobs,
+                                 max_bytes=net.max_message_size, timeout=net.timeout)
+        except BlobError as exc:
+            reason = {"tampered": "tampered_blob", "oversize": "oversize"}.get(exc.reason, "blob_unavailable")
+            raise UpdateRejected(reason, str(exc)) from None
+        data = await asyncio.to_thread(self.peer.blobs.read_bytes, record.blob_digest)
+        if len(data) != record.blob_size:
+            raise UpdateRejected("size_mismatch", f"blob is {len(data)} bytes, record says {record.blob_size}")
+        try:
+            delta = await asyncio.to_thread(tensors.decode_state, data, max_bytes=net.max_message_size)
+        except DecodeError as exc:
+            raise UpdateRejected("undecodable", str(exc)) from None
+        await asyncio.to_thread(check_tensors, delta, self.global_state, self.config.security.max_update_norm)
+        return Contribution(signer, delta, self.config.admission.weight(signer, record.num_samples))
+
+    def _reject(self, round_number: int, signer: bytes | None, name: str, rejection: UpdateRejected) -> None:
+        """Count every refusal; record it in the database unless it is junk past a cap.
+
+        Garbage with no verifiable sender, or signed by a key the job never admitted (fresh keys
+        are free), costs an attacker nothing to send, so only the first few per round go to the
+        database (and the log); the rest are only counted.
+        """
+        self.rejected[rejection.reason] += 1
+        if signer is None or not self.config.admission.admits(signer):
+            self._unattributed[round_number] += 1
+            if self._unattributed[round_number] > MAX_UNATTRIBUTED_RECORDED:
+                return
+        log.warning("round %d: rejected update from %s: %s", round_number, name or "?", rejection)
+        self.store.record_rejection(round_number, signer, name, rejection.reason, rejection.detail)
+
+    # -- the DHT path ------------------------------------------------------------------
+    async def sweep_dht(self, collector: RoundCollector) -> None:
+        """Look in the DHT for selected trainers' update records that no bus notice brought."""
+        name = dht_update_name(self.config.job_id, collector.round)
+        while True:
+            await asyncio.sleep(max(0.5, self.config.federated.round_timeout / 10))
+            for key in collector.missing():
+                with contextlib.suppress(PrimeError):
+                    value = await self.peer.dht.get(key, name)
+                    if isinstance(value, dict) and isinstance(value.get("update"), bytes):
+                        self.spawn(self.receive(value["update"], via="dht"))
