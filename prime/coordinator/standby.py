@@ -48,17 +48,27 @@ class StandbyRole:
     def mirrored_round(self) -> int:
         return self.c.store.last_committed_round()
 
+    def holds(self, round_number: int, model_digest: str) -> bool:
+        """Whether our state already contains exactly this commit (or a later one).
+
+        Same round but another model means our copy of that round was never published (we
+        committed it locally as primary and died before announcing it): the published one wins."""
+        if round_number < self.mirrored_round:
+            return True
+        latest = self.c.store.latest_version()
+        return round_number == self.mirrored_round and latest is not None and latest[1] == model_digest
+
     def on_committed(self, committed: RoundCommitted) -> None:
         """A verified commit notice: remember it and mirror its checkpoint."""
-        if self.latest is None or committed.round > self.latest.round:
+        if self.latest is None or committed.round >= self.latest.round:
             self.latest = committed
-        if committed.round > self.mirrored_round:
+        if not self.holds(committed.round, committed.model_digest):
             self.c._spawn(self._mirror(committed.round, committed.checkpoint_digest, committed.model_digest,
                                        committed.providers))
 
     async def _mirror(self, round_number: int, checkpoint: str, model: str, providers: list[str]) -> bool:
         async with self._mirror_lock:
-            if round_number <= self.mirrored_round:
+            if self.holds(round_number, model):
                 return True
             net, ft = self.c.config.network, self.c.config.fault_tolerance
             addresses = [parse_hostport(p) for p in providers]
@@ -93,7 +103,8 @@ class StandbyRole:
             pointer = await self.c.peer.dht.get(self.c.identity.public_key, dht_checkpoint_name(self.c.config.job_id))
         except PrimeError:
             return
-        if isinstance(pointer, dict) and isinstance(pointer.get("round"), int) and pointer["round"] > self.mirrored_round:
+        if (isinstance(pointer, dict) and isinstance(pointer.get("round"), int)
+                and not self.holds(pointer["round"], str(pointer.get("model_digest")))):
             try:
                 await self._mirror(pointer["round"], pointer["checkpoint_digest"], pointer["model_digest"],
                                    list(pointer["providers"]))
@@ -121,7 +132,7 @@ class StandbyRole:
             if now - last_alive < (self.after_will if will_received else self.after_silence):
                 continue
             await self._catch_up_from_dht()
-            behind = self.latest is not None and self.latest.round > self.mirrored_round
+            behind = self.latest is not None and not self.holds(self.latest.round, self.latest.model_digest)
             if behind and not await self._mirror(self.latest.round, self.latest.checkpoint_digest,
                                                  self.latest.model_digest, self.latest.providers):
                 log.warning("standby: primary is gone but round %d's checkpoint is unreachable; "
