@@ -49,6 +49,7 @@ class UpdateIntake:
         self.lock = asyncio.Lock()  # serialises folding into the strategy with closing the round
         self.accepted = 0
         self.late_copies = 0
+        self.early = 0
         self.rejected: Counter[str] = Counter()
         self._unattributed: Counter[int] = Counter()
 
@@ -61,7 +62,8 @@ class UpdateIntake:
             self.collector = None
 
     def metrics(self) -> dict:
-        return {"accepted": self.accepted, "rejected": dict(self.rejected), "late_copies": self.late_copies}
+        return {"accepted": self.accepted, "rejected": dict(self.rejected), "late_copies": self.late_copies,
+                "early": self.early}
 
     # -- the gate ----------------------------------------------------------------------
     async def receive(self, payload: bytes, *, via: str) -> None:
@@ -73,6 +75,11 @@ class UpdateIntake:
         except DecodeError as exc:
             return self._reject(current.round if current else 0, None, "", UpdateRejected("malformed", str(exc)))
         signer = env.signer
+        if current is None and record.round == self.store.last_committed_round() + 1:
+            # Early, not wrong: answers an announcement made before a restart, and arrived before we
+            # (re)opened the round. The trainer re-signs and resends when it sees the new announcement.
+            self.early += 1
+            return
         try:
             if self._already_committed(record, signer):
                 return
