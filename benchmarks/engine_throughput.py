@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
+import subprocess
+import sys
 import time
 
 import torch
@@ -37,36 +40,44 @@ def measure(config, data: Split, epochs: int) -> tuple[float, float, float]:
     return epochs * len(data) / elapsed, metrics.loss, metrics.accuracy
 
 
+def run_device(device: str, epochs: int, wide: list[int]) -> None:
+    """Measure on one device in this process; print ``RATE label device samples/s loss acc`` lines."""
+    data = load_local_data(parse_config({}).data, 0)
+    for label, hidden in (("digits MLP [128]", [128]), (f"wide MLP {wide}", wide)):
+        config = parse_config({"model": {"hidden": hidden}, "training": {"batch_size": 64}})
+        rate, loss, acc = measure(config, data, epochs)
+        assert math.isfinite(loss)
+        print(f"RATE\t{label}\t{device}\t{rate}\t{loss}\t{acc}", flush=True)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--hidden", default="2048,2048", help="wide MLP hidden sizes")
+    p.add_argument("--device", choices=["cpu", "cuda"], help=argparse.SUPPRESS)  # internal: one device per process
     args = p.parse_args()
-    data = load_local_data(parse_config({}).data, 0)
     wide = [int(h) for h in args.hidden.split(",")]
-    # CUDA first: the one process group is created then, with NCCL for CUDA and Gloo for CPU tensors.
+    if args.device:
+        return run_device(args.device, args.epochs, wide)
     devices = (["cuda"] if torch.cuda.is_available() else []) + ["cpu"]
     print(f"engine_throughput: torch {torch.__version__}, devices {devices}"
           + (f" ({torch.cuda.get_device_name()})" if torch.cuda.is_available() else ""))
-    for label, hidden in (("digits MLP [128]", [128]), (f"wide MLP {wide}", wide)):
-        config = parse_config({"model": {"hidden": hidden}, "training": {"batch_size": 64}})
-        rates = {}
-        for dev in devices:
-            if dev == "cpu" and torch.cuda.is_available():
-                # LocalEngine trains where distributed.device() points: hide CUDA for the CPU figure.
-                real = torch.cuda.is_available
-                torch.cuda.is_available = lambda: False  # type: ignore[assignment]
-                try:
-                    rates[dev], loss, acc = measure(config, data, args.epochs)
-                finally:
-                    torch.cuda.is_available = real  # type: ignore[assignment]
-            else:
-                rates[dev], loss, acc = measure(config, data, args.epochs)
-            assert math.isfinite(loss)
-            print(f"  {label:<24} {dev:<5} {rates[dev]:>12,.0f} samples/s  (last-epoch loss {loss:.3f}, acc {acc:.3f})")
-        if "cuda" in rates:
-            print(f"engine_throughput: {label}: cuda {rates['cuda']:,.0f} samples/s, cpu {rates['cpu']:,.0f} samples/s, "
-                  f"ratio {rates['cuda'] / rates['cpu']:.2f}x")
+    rates: dict[tuple[str, str], float] = {}
+    for device in devices:  # a fresh process per device: FSDP2 binds a process to one device type
+        env = {**os.environ, **({"CUDA_VISIBLE_DEVICES": ""} if device == "cpu" else {})}
+        out = subprocess.run([sys.executable, __file__, "--device", device, "--epochs", str(args.epochs),
+                              "--hidden", args.hidden], env=env, capture_output=True, text=True, check=True).stdout
+        for line in out.splitlines():
+            if line.startswith("RATE\t"):
+                _, label, dev, rate, loss, acc = line.split("\t")
+                rates[label, dev] = float(rate)
+                print(f"  {label:<24} {dev:<5} {float(rate):>12,.0f} samples/s  "
+                      f"(last-epoch loss {float(loss):.3f}, acc {float(acc):.3f})")
+    for label in dict.fromkeys(label for label, _ in rates):
+        if (label, "cuda") in rates:
+            cuda, cpu = rates[label, "cuda"], rates[label, "cpu"]
+            print(f"engine_throughput: {label}: cuda {cuda:,.0f} samples/s, cpu {cpu:,.0f} samples/s, "
+                  f"ratio {cuda / cpu:.2f}x")
 
 
 if __name__ == "__main__":
