@@ -32,6 +32,10 @@ def measure(trainers: int, rounds: int, local_epochs: int, workdir: Path) -> dic
             status = net.status()
             if status and status["rounds_committed"] >= rounds:
                 break
+            died = {n: rc for n, rc in net.dead().items() if n in ("broker", "dht", "coordinator") or rc != 0}
+            if died:
+                name = next(iter(died))
+                sys.exit(f"{name} exited with code {died[name]}; last lines of its log:\n{net.log_tail(name)}")
             time.sleep(0.2)
         else:
             sys.exit(f"timed out; status {status}")
