@@ -125,15 +125,18 @@ class Coordinator:
         )
         coordinator = cls(config, identity, store, peer, broker, url, standby=standby)
         await coordinator.bus.connect()
-        coordinator._ensure_genesis()
+        await coordinator._ensure_genesis()
         coordinator.metrics_file.start()
         log.info("coordinator %s for job %s at %s, bus %s", identity.network_id, config.job_id, peer.address_str, url)
         return coordinator
 
-    def _ensure_genesis(self) -> None:
+    async def _ensure_genesis(self) -> None:
+        """Store the initial model as version 0 (encoding and hashing off the event loop)."""
         if self.store.latest_version() is None:
-            blob = tensors.encode_state(self.model.state_dict(), compress=self.config.network.enable_compression)
-            self.store.record_genesis(self.peer.blobs.put_bytes(blob), len(blob))
+            compress = self.config.network.enable_compression
+            blob = await asyncio.to_thread(tensors.encode_state, self.model.state_dict(), compress=compress)
+            digest = await asyncio.to_thread(self.peer.blobs.put_bytes, blob)
+            self.store.record_genesis(digest, len(blob))
 
     # -- lifecycle ---------------------------------------------------------------------
     async def run(self) -> None:
