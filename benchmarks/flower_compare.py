@@ -31,7 +31,6 @@ import json
 import os
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -45,6 +44,7 @@ REQUIREMENTS = ROOT / "benchmarks" / "requirements-flower.txt"
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from round_overhead import measure as measure_prime  # noqa: E402
+from round_overhead import round_stats  # noqa: E402
 
 
 def setup_flower_venv(venv: Path) -> None:
@@ -139,20 +139,8 @@ def measure_flower(trainers: int, rounds: int, local_epochs: int, workdir: Path,
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
-    rows = json.loads(results.read_text())["rounds"]  # row 0: the initial model, before round 1
-    rows = rows[1:]
-    walls = [b["committed_at"] - a["committed_at"] for a, b in zip(rows, rows[1:])]
-    trains = [b["slowest_train_seconds"] for b in rows[1:]]
-    protocol = [w - t for w, t in zip(walls, trains)]
-    return {
-        "rounds": len(walls),
-        "wall": statistics.median(walls),
-        "training": statistics.median(trains),
-        "protocol": statistics.median(protocol),
-        "protocol_p90": sorted(protocol)[int(0.9 * (len(protocol) - 1))],
-        "accuracy": rows[-1]["accuracy"],
-        "total": total,
-    }
+    rows = json.loads(results.read_text())["rounds"][1:]  # row 0: the initial model, before round 1
+    return {**round_stats(rows), "total": total}
 
 
 def main() -> None:

@@ -39,7 +39,11 @@ def measure(trainers: int, rounds: int, local_epochs: int, workdir: Path) -> dic
             time.sleep(0.2)
         else:
             sys.exit(f"timed out; status {status}")
-    rows = status["rounds"]
+    return round_stats(status["rounds"])
+
+
+def round_stats(rows: list[dict]) -> dict[str, float]:
+    """Medians over rounds 2..N: wall (commit to commit), slowest training, and the protocol rest."""
     walls = [b["committed_at"] - a["committed_at"] for a, b in zip(rows, rows[1:])]
     trains = [b["slowest_train_seconds"] for b in rows[1:]]
     protocol = [w - t for w, t in zip(walls, trains)]

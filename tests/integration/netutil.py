@@ -28,3 +28,17 @@ def wait_for(net: LocalNetwork, condition: Callable[[dict], T], timeout: float, 
         time.sleep(0.2)
     logs = "\n".join(f"--- {n}\n{net.log_tail(n, 15)}" for n in net.procs)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}; last status {status}\n{logs}")
+
+
+async def watch_until(bus, tracker, done: Callable[[], bool], timeout: float = 5.0) -> None:
+    """Feed liveness messages from ``bus`` to ``tracker`` until ``done()``; fail after ``timeout``."""
+    import asyncio
+
+    async def loop() -> None:
+        async for _topic, payload in bus.messages():
+            tracker.observe(payload)
+            if done():
+                return
+
+    if not done():
+        await asyncio.wait_for(loop(), timeout)

@@ -8,7 +8,7 @@ import random
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -18,6 +18,7 @@ from prime.bus.liveness import Heartbeat, LivenessTracker
 from prime.bus.topics import Topics
 from prime.core.envelope import Domain, seal
 from prime.core.identity import Identity
+from tests.integration.netutil import watch_until
 
 TOPICS = Topics("job-live")
 
@@ -43,19 +44,6 @@ asyncio.run(main(sys.argv[1]))
 async def broker(port_factory) -> AsyncIterator[EmbeddedBroker]:
     async with EmbeddedBroker(port=port_factory()) as b:
         yield b
-
-
-async def watch_until(bus: BusClient, tracker: LivenessTracker, done: Callable[[], bool], timeout: float = 5.0) -> None:
-    """Feed liveness messages to the tracker until ``done()``; fail after ``timeout``."""
-
-    async def loop() -> None:
-        async for _topic, payload in bus.messages():
-            tracker.observe(payload)
-            if done():
-                return
-
-    if not done():
-        await asyncio.wait_for(loop(), timeout)
 
 
 async def test_will_marks_a_killed_node_offline(broker: EmbeddedBroker) -> None:

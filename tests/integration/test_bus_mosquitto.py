@@ -31,6 +31,7 @@ from prime.bus.client import BusClient, LastWill
 from prime.bus.liveness import Heartbeat, LivenessTracker
 from prime.bus.topics import Topics
 from prime.core.errors import BusError
+from tests.integration.netutil import watch_until
 
 USER = "prime-node"
 PASSWORD = "s3cr:t@p/ss w0rd"  # URL-special characters: exercises quoting end to end
@@ -282,17 +283,6 @@ async def main():
 
 asyncio.run(main())
 """
-
-
-async def watch_until(bus: BusClient, tracker: LivenessTracker, done: Callable[[], bool], timeout: float = 5.0) -> None:
-    async def loop() -> None:
-        async for _topic, payload in bus.messages():
-            tracker.observe(payload)
-            if done():
-                return
-
-    if not done():
-        await asyncio.wait_for(loop(), timeout)
 
 
 async def test_heartbeats_then_will_through_mosquitto_tls(mosquitto_tls: Mosquitto) -> None:
