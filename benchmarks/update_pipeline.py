@@ -37,7 +37,8 @@ import torch
 from prime.core import tensors
 from prime.core.envelope import Domain, open_envelope, seal
 from prime.core.identity import Identity
-from prime.dht.blobservice import BlobServer, fetch_blob
+from prime.dht.blobfetch import fetch_blob
+from prime.dht.blobservice import BlobServer
 from prime.dht.blobstore import BlobStore
 
 MB = 1e6

@@ -27,7 +27,7 @@ from prime.core.config import JobConfig
 from prime.core.errors import BlobError, DecodeError, PrimeError, SignatureError, UpdateRejected
 from prime.core.net import parse_hostport
 from prime.core.records import UpdateRecord, dht_update_name
-from prime.dht.blobservice import fetch_from_any
+from prime.dht.blobfetch import fetch_from_any
 from prime.dht.peer import Peer
 
 log = logging.getLogger(__name__)

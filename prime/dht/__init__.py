@@ -9,7 +9,8 @@
 - :mod:`blobservice`  blobs over TCP, streamed and verified while received
 """
 
-from prime.dht.blobservice import BlobServer, fetch_blob, fetch_from_any
+from prime.dht.blobfetch import fetch_blob, fetch_from_any
+from prime.dht.blobservice import BlobServer
 from prime.dht.blobstore import BlobStore
 from prime.dht.node import DHTConfig, DHTNode
 from prime.dht.records import MAX_DHT_RECORD_BYTES, DHTRecord, dht_key, make_record, validate_record

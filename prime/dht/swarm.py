@@ -28,7 +28,9 @@ from pathlib import Path
 from prime.core.errors import BlobError, DHTError
 from prime.core.identity import Identity
 from prime.core.net import parse_hostport
-from prime.dht.blobservice import DEFAULT_MAX_BLOB_BYTES, DEFAULT_TIMEOUT_S, BlobServer, fetch_blob
+from prime.dht.blobfetch import fetch_blob
+from prime.dht.blobservice import BlobServer
+from prime.dht.blobwire import DEFAULT_MAX_BLOB_BYTES, DEFAULT_TIMEOUT_S
 from prime.dht.blobstore import BlobStore, check_digest
 from prime.dht.node import DHTNode
 

@@ -35,7 +35,7 @@ from prime.core.records import (
     dht_update_name,
     freshness_error,
 )
-from prime.dht.blobservice import fetch_from_any
+from prime.dht.blobfetch import fetch_from_any
 from prime.dht.peer import Peer
 from prime.telemetry import METRICS_FILE, MetricsFile
 from prime.trainer.checkpoint import AUTO_PREFIX, CheckpointStore

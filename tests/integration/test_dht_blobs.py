@@ -13,7 +13,9 @@ import pytest
 
 from prime.core import encoding
 from prime.core.errors import BlobError
-from prime.dht.blobservice import BlobServer, encode_frame, encode_request, fetch_blob, fetch_from_any
+from prime.dht.blobfetch import fetch_blob, fetch_from_any
+from prime.dht.blobservice import BlobServer
+from prime.dht.blobwire import encode_frame, encode_request
 from prime.dht.blobstore import BlobStore
 
 BLOB = os.urandom(5 * 1024 * 1024 + 123)

@@ -14,7 +14,8 @@ import pytest
 
 from prime.core.errors import BlobError
 from prime.core.identity import Identity
-from prime.dht.blobservice import BlobServer, fetch_blob
+from prime.dht.blobfetch import fetch_blob
+from prime.dht.blobservice import BlobServer
 from prime.dht.blobstore import BlobStore
 from prime.dht.node import DHTNode
 from prime.dht.swarm import (

@@ -50,7 +50,9 @@ from prime.core.models import build_model
 from prime.core.config import ModelConfig
 from prime.core.net import free_port
 from prime.core.records import RoundAnnouncement, RoundCommitted, UpdateRecord, dht_update_name
-from prime.dht.blobservice import BlobServer, encode_frame, fetch_blob
+from prime.dht.blobfetch import fetch_blob
+from prime.dht.blobservice import BlobServer
+from prime.dht.blobwire import encode_frame
 from prime.dht.blobstore import BlobStore
 from prime.dht.node import DHTNode
 from prime.trainer.checkpoint import CheckpointStore
