@@ -20,18 +20,9 @@ import torch
 
 from prime.core.aggregation import Contribution, build_strategy
 from prime.core.config import AggregationStrategy
+from update_pipeline import make_update  # the same synthetic 1024x1024-block state (benchmarks/ is on sys.path)
 
 MB = 1e6
-
-
-def make_state(params: int, seed: int) -> dict[str, torch.Tensor]:
-    """``params`` float32 values in 1024x1024 matrices (plus one remainder vector)."""
-    g = torch.Generator().manual_seed(seed)
-    block = 1024 * 1024
-    state = {f"layers.{i}.weight": torch.randn(1024, 1024, generator=g) for i in range(params // block)}
-    if params % block:
-        state["tail.bias"] = torch.randn(params % block, generator=g)
-    return state
 
 
 def plain_weighted_sum(glob: dict[str, torch.Tensor], deltas: list[dict[str, torch.Tensor]],
@@ -76,8 +67,8 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=9)
     args = p.parse_args()
     counts = [int(n) for n in args.updates.split(",")]
-    glob = make_state(args.params, 0)
-    deltas = [make_state(args.params, seed) for seed in range(1, max(counts) + 1)]
+    glob = make_update(args.params, 0)
+    deltas = [make_update(args.params, seed) for seed in range(1, max(counts) + 1)]
     samples = [int(n) for n in torch.randint(50, 500, (max(counts),), generator=torch.Generator().manual_seed(0))]
     update_mb = args.params * 4 / MB
     strategies = list(AggregationStrategy)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
 import time
+from pathlib import Path
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -42,3 +44,21 @@ async def watch_until(bus, tracker, done: Callable[[], bool], timeout: float = 5
 
     if not done():
         await asyncio.wait_for(loop(), timeout)
+
+
+def went_offline(tracker, key: bytes) -> bool:
+    """The tracker's last word on ``key`` is its signed offline record (its Last Will)."""
+    last = tracker.last(key)
+    return last is not None and last.status == "offline"
+
+
+def self_signed_cert(tmp: Path) -> tuple[Path, Path]:
+    """A self-signed server certificate and key, valid for IP 127.0.0.1 (needs the openssl binary)."""
+    cert, key = tmp / "cert.pem", tmp / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+         "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )
+    return cert, key

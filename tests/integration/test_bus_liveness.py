@@ -18,7 +18,7 @@ from prime.bus.liveness import Heartbeat, LivenessTracker
 from prime.bus.topics import Topics
 from prime.core.envelope import Domain, seal
 from prime.core.identity import Identity
-from tests.integration.netutil import watch_until
+from tests.integration.netutil import watch_until, went_offline
 
 TOPICS = Topics("job-live")
 
@@ -61,11 +61,7 @@ async def test_will_marks_a_killed_node_offline(broker: EmbeddedBroker) -> None:
             os.kill(proc.pid, signal.SIGKILL)  # no DISCONNECT: the broker must publish the Will
             await proc.wait()
 
-            def offline() -> bool:
-                last = tracker.last(key)
-                return last is not None and last.status == "offline"
-
-            await watch_until(watcher, tracker, offline)
+            await watch_until(watcher, tracker, lambda: went_offline(tracker, key))
             assert not tracker.is_alive(key) and key not in tracker.alive()
             assert tracker.dropped_total == 0
         finally:

@@ -27,11 +27,11 @@ from urllib.parse import quote
 
 import pytest
 
-from prime.bus.client import BusClient, LastWill
-from prime.bus.liveness import Heartbeat, LivenessTracker
+from prime.bus.client import BusClient
+from prime.bus.liveness import LivenessTracker
 from prime.bus.topics import Topics
 from prime.core.errors import BusError
-from tests.integration.netutil import watch_until
+from tests.integration.netutil import self_signed_cert, watch_until, went_offline
 
 USER = "prime-node"
 PASSWORD = "s3cr:t@p/ss w0rd"  # URL-special characters: exercises quoting end to end
@@ -47,18 +47,6 @@ def _binary(name: str, install_hint: str) -> str:
             pytest.fail(f"{reason} (CI must install it; not skipping)", pytrace=False)
         pytest.skip(reason)
     return path
-
-
-def _self_signed(tmp: Path) -> tuple[Path, Path]:
-    """A self-signed server certificate valid for IP 127.0.0.1 (as in test_bus_tls.py)."""
-    cert, key = tmp / "cert.pem", tmp / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-         "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
-         "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True,
-    )
-    return cert, key
 
 
 @dataclass(frozen=True)
@@ -121,7 +109,7 @@ def _run_mosquitto(tmp: Path, port_factory: Callable[[], int], *, tls: bool) -> 
     ]
     if tls:
         _binary("openssl", "apt-get install openssl")
-        cert, key = _self_signed(tmp)
+        cert, key = self_signed_cert(tmp)
         broker = Mosquitto(broker.port, port_factory(), cert)
         lines += [
             f"listener {broker.tls_port} 127.0.0.1",
@@ -299,11 +287,7 @@ async def test_heartbeats_then_will_through_mosquitto_tls(mosquitto_tls: Mosquit
             os.kill(proc.pid, signal.SIGKILL)
             await proc.wait()
 
-            def offline() -> bool:
-                last = tracker.last(key)
-                return last is not None and last.status == "offline"
-
-            await watch_until(watcher, tracker, offline)
+            await watch_until(watcher, tracker, lambda: went_offline(tracker, key))
             assert not tracker.is_alive(key) and key not in tracker.alive()
             assert tracker.dropped_total == 0
         finally:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -14,24 +13,14 @@ from amqtt.broker import Broker
 from prime.bus.broker import broker_config
 from prime.bus.client import BusClient
 from prime.core.errors import BusError
+from tests.integration.netutil import self_signed_cert
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl binary")
 
 
-def self_signed(tmp: Path) -> tuple[Path, Path]:
-    cert, key = tmp / "cert.pem", tmp / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-         "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
-         "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True,
-    )
-    return cert, key
-
-
 @pytest.fixture
 async def tls_broker(tmp_path: Path, port_factory) -> AsyncIterator[tuple[int, Path]]:
-    cert, key = await asyncio.to_thread(self_signed, tmp_path)
+    cert, key = await asyncio.to_thread(self_signed_cert, tmp_path)
     port = port_factory()
     cfg = broker_config("127.0.0.1", port)
     cfg["listeners"]["default"].update(ssl=True, certfile=str(cert), keyfile=str(key))
