@@ -32,7 +32,7 @@ from prime.core import rewards, tensors
 from prime.core.aggregation import build_strategy
 from prime.core.config import JobConfig
 from prime.core.datasets import load_digits_split
-from prime.core.errors import CoordinatorError, DecodeError, PrimeError
+from prime.core.errors import CoordinatorError, DecodeError
 from prime.core.identity import Identity
 from prime.core.models import build_model
 from prime.core.records import (
@@ -43,7 +43,6 @@ from prime.core.records import (
     dht_announce_name,
     dht_checkpoint_name,
 )
-from prime.core.retry import with_retries
 from prime.dht.peer import Peer
 from prime.telemetry import METRICS_FILE, MetricsFile
 
@@ -432,10 +431,8 @@ class Coordinator:
         return digest
 
     async def _dht_put(self, name: str, value: dict, ttl_s: float, what: str) -> None:
-        """A DHT put in the background: a dead peer's RPC timeout must not stall a round."""
-        with contextlib.suppress(PrimeError):  # with_retries has logged the final failure
-            await with_retries(lambda: self.peer.dht.put(self.identity, name, value, ttl_s=ttl_s),
-                               what=f"DHT put of the {what}", max_retries=self.config.fault_tolerance.max_retries)
+        await self.peer.put_quietly(self.identity, name, value, ttl_s=ttl_s, what=what,
+                                    max_retries=self.config.fault_tolerance.max_retries)
 
     async def _await_standby(self, round_number: int) -> None:
         """If a standby is alive, wait (briefly) until it holds this commit before moving on."""

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from prime.core.errors import DHTError
+from prime.core.errors import DHTError, PrimeError
+from prime.core.identity import Identity
 from prime.core.net import free_port
+from prime.core.retry import with_retries
 from prime.dht.blobservice import BlobServer
 from prime.dht.blobstore import BlobStore
 from prime.dht.node import DHTNode
@@ -57,6 +59,20 @@ class Peer:
     def address_str(self) -> str:
         host, port = self.address
         return f"{host}:{port}"
+
+    async def put_quietly(self, identity: Identity, name: str, value: dict, *, ttl_s: float, max_retries: int,
+                          what: str) -> bool:
+        """A DHT put retried with backoff that never raises: for pointers the bus also carries.
+
+        Callers run it in the background, so a dead peer's RPC timeout never stalls a round;
+        ``with_retries`` logs the final failure once. Returns whether the put succeeded.
+        """
+        try:
+            await with_retries(lambda: self.dht.put(identity, name, value, ttl_s=ttl_s),
+                               what=f"DHT put of the {what}", max_retries=max_retries)
+            return True
+        except PrimeError:
+            return False
 
     def metrics(self) -> dict:
         """DHT and blob-service counters, for the node's metrics file."""

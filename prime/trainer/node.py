@@ -362,10 +362,5 @@ class TrainerNode:
         await self.bus.publish(self.topics.updates, sealed)
 
     async def _dht_put(self, name: str, value: dict, ttl: float, round_number: int) -> None:
-        try:
-            await with_retries(
-                lambda: self.peer.dht.put(self.identity, name, value, ttl_s=ttl),
-                what=f"DHT put of the round-{round_number} update", max_retries=self.config.fault_tolerance.max_retries,
-            )
-        except PrimeError as exc:
-            log.warning("round %d: DHT put failed (%s); the bus notice still carries the record", round_number, exc)
+        await self.peer.put_quietly(self.identity, name, value, ttl_s=ttl, what=f"round-{round_number} update",
+                                    max_retries=self.config.fault_tolerance.max_retries)
