@@ -92,7 +92,8 @@ class Coordinator:
         self._standby_mirrored = 0
         self._standby_acked = asyncio.Event()
         self._takeover_term: int | None = None
-        self.latest_committed: RoundCommitted | None = None  # newest commit notice seen on the bus
+        self.latest_committed: RoundCommitted | None = None
+        self._last_model: tuple[str, dict] | None = None  # (digest, state) of the model committed last  # newest commit notice seen on the bus
 
     @classmethod
     async def create(
@@ -312,10 +313,7 @@ class Coordinator:
     async def _run_round(self, round_number: int) -> None:
         fed = self.config.federated
         version, digest, size = self.store.latest_version()
-        model_bytes = await asyncio.to_thread(self.peer.blobs.read_bytes, digest)
-        global_state = await asyncio.to_thread(
-            tensors.decode_state, model_bytes, max_bytes=self.config.network.max_message_size
-        )
+        global_state = await self._model(digest)
         started, attempt = None, 0
         while True:
             attempt += 1
@@ -358,6 +356,13 @@ class Coordinator:
                 log.warning("round %d: %d selected trainer(s) died; not waiting for them", collector.round, dead)
                 return
 
+    async def _model(self, digest: str) -> dict:
+        """The global model with this digest: the one we just committed, else read back from the store."""
+        if self._last_model is not None and self._last_model[0] == digest:
+            return self._last_model[1]
+        data = await asyncio.to_thread(self.peer.blobs.read_bytes, digest)
+        return await asyncio.to_thread(tensors.decode_state, data, max_bytes=self.config.network.max_message_size)
+
     async def _await_selection(self, round_number: int, attempt: int, reserved: list[bytes] = ()) -> list[bytes]:
         """Select among live admitted trainers once enough are up; ``reserved`` (trainers whose
         verified updates were recovered after a restart) are always in the selection."""
@@ -399,6 +404,7 @@ class Coordinator:
         new_state, scores = await asyncio.to_thread(collector.strategy.finish)
         blob = await asyncio.to_thread(tensors.encode_state, new_state, compress=self.config.network.enable_compression)
         digest = await asyncio.to_thread(self.peer.blobs.put_bytes, blob)
+        self._last_model = (digest, new_state)  # the next round starts from it: no read-back and decode
         accuracy, loss = await asyncio.to_thread(evaluate, self.model, new_state, self.test_data)
         # Rewards go to listed trainers only (open jobs let strangers help, not get paid).
         samples = {key: float(rec.num_samples) for key, rec in collector.accepted.items()
