@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from collections.abc import AsyncIterator
 
@@ -130,3 +131,11 @@ async def test_reconnects_and_resubscribes_after_broker_restart(port_factory) ->
     finally:
         await broker.stop()
 
+
+
+async def test_connection_sends_small_messages_at_once(broker: EmbeddedBroker) -> None:
+    """TCP_NODELAY: a PUBLISH right after a PUBACK must not wait ~40 ms for the broker's delayed ACK."""
+    async with BusClient(broker.url, "fast") as bus:
+        client, _ = await bus._current()
+        sock = client._client.socket()
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
