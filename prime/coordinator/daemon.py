@@ -28,13 +28,14 @@ from prime.coordinator.selection import select_trainers
 from prime.coordinator.standby import StandbyRole
 from prime.coordinator.status import DB_NAME
 from prime.coordinator.store import CoordinatorStore, RoundCommit
-from prime.core import rewards, tensors
+from prime.core import parcel, rewards, tensors
 from prime.core.aggregation import build_strategy
 from prime.core.config import JobConfig
 from prime.core.datasets import load_digits_split
 from prime.core.errors import CoordinatorError, DecodeError
 from prime.core.identity import Identity
 from prime.core.models import build_model
+from prime.core.offload import run_sized, state_bytes
 from prime.core.records import (
     COMMITTED_TTL,
     RoundAnnouncement,
@@ -70,6 +71,7 @@ class Coordinator:
             # A standby shares the job key; MQTT evicts a duplicate client id, so each process adds its own.
             mqtt_url, f"coordinator-{identity.network_id}-{os.urandom(4).hex()}", will=self.heartbeat.will,
             max_retries=config.fault_tolerance.max_retries, timeout=net.timeout,
+            max_payload=parcel.max_parcel_bytes(net.inline_blob_max_bytes),
         )
         self.liveness = LivenessTracker(timeout_s=3 * net.heartbeat_interval)
         self.model = build_model(config.model, seed=config.training.seed)
@@ -93,7 +95,7 @@ class Coordinator:
         self._standby_acked = asyncio.Event()
         self._takeover_term: int | None = None
         self.latest_committed: RoundCommitted | None = None
-        self._last_model: tuple[str, dict] | None = None  # (digest, state) of the model committed last  # newest commit notice seen on the bus
+        self._last_model: tuple[str, dict, bytes] | None = None  # (digest, state, blob) of the model committed last
 
     @classmethod
     async def create(
@@ -252,7 +254,7 @@ class Coordinator:
         async for topic, payload in self.bus.messages():
             if topic == self.topics.updates:
                 if self.role == "primary":
-                    self._spawn(self.intake.receive(payload, via="bus"))
+                    self._spawn(self.intake.receive_parcel(payload))
             elif topic.startswith(self.topics.prefix + "/liveness/"):
                 self.liveness.observe(payload)
             elif topic in (self.topics.announce, self.topics.committed, self.topics.standby):
@@ -263,7 +265,8 @@ class Coordinator:
         kind = {self.topics.announce: RoundAnnouncement, self.topics.committed: RoundCommitted,
                 self.topics.standby: StandbyStatus}[topic]
         try:
-            record, _ = kind.open(payload, signer=self.identity.public_key)
+            envelope, _ = parcel.unpack(payload, max_blob_bytes=self.config.network.inline_blob_max_bytes)
+            record, _ = kind.open(envelope, signer=self.identity.public_key)
         except DecodeError as exc:
             self.dropped_coordination[topic.rsplit("/", 1)[-1]] += 1
             log.debug("dropped a bad %s record: %s", topic, exc)
@@ -312,15 +315,15 @@ class Coordinator:
     # -- the round ---------------------------------------------------------------------
     async def _run_round(self, round_number: int) -> None:
         fed = self.config.federated
-        version, digest, size = self.store.latest_version()
-        global_state = await self._model(digest)
+        version, digest, _ = self.store.latest_version()
+        global_state, blob = await self._model(digest)
         started, attempt = None, 0
         while True:
             attempt += 1
             recovered = self.store.pending(round_number)  # verified before a crash: reuse, don't refetch
             selected = await self._await_selection(round_number, attempt, reserved=list(recovered))
             started = started or time.monotonic()  # round time counts from the first announcement
-            collector = await self._announce(round_number, version, digest, size, selected, global_state)
+            collector = await self._announce(round_number, version, digest, blob, selected, global_state)
             for envelope in recovered.values():
                 self._spawn(self.intake.receive(envelope, via="recovered"))
             sweeper = self._spawn(self.intake.sweep_dht(collector))
@@ -356,12 +359,13 @@ class Coordinator:
                 log.warning("round %d: %d selected trainer(s) died; not waiting for them", collector.round, dead)
                 return
 
-    async def _model(self, digest: str) -> dict:
-        """The global model with this digest: the one we just committed, else read back from the store."""
+    async def _model(self, digest: str) -> tuple[dict, bytes]:
+        """The global model with this digest and its blob: the one we just committed, else read back."""
         if self._last_model is not None and self._last_model[0] == digest:
-            return self._last_model[1]
+            return self._last_model[1], self._last_model[2]
         data = await asyncio.to_thread(self.peer.blobs.read_bytes, digest)
-        return await asyncio.to_thread(tensors.decode_state, data, max_bytes=self.config.network.max_message_size)
+        state = await run_sized(len(data), tensors.decode_state, data, max_bytes=self.config.network.max_message_size)
+        return state, data
 
     async def _await_selection(self, round_number: int, attempt: int, reserved: list[bytes] = ()) -> list[bytes]:
         """Select among live admitted trainers once enough are up; ``reserved`` (trainers whose
@@ -381,19 +385,20 @@ class Coordinator:
                 announced_wait = True
             await asyncio.sleep(0.1)
 
-    async def _announce(self, round_number: int, version: int, digest: str, size: int, selected: list[bytes],
+    async def _announce(self, round_number: int, version: int, digest: str, blob: bytes, selected: list[bytes],
                         global_state: dict) -> RoundCollector:
         now = time.time()
         announcement = RoundAnnouncement(
             job_id=self.config.job_id, term=self.term, round=round_number, model_version=version, model_digest=digest,
-            model_size=size, providers=[self.peer.address_str], selected=selected,
+            model_size=len(blob), providers=[self.peer.address_str], selected=selected,
             deadline=now + self.config.federated.round_timeout, issued=now,
             expires=now + self.config.federated.round_timeout, total_rounds=self.config.federated.rounds,
         )
         collector = RoundCollector(announcement, build_strategy(self.config.federated.aggregation_strategy))
         self.intake.open_round(collector, global_state)
         sealed = announcement.seal(self.identity).to_bytes()
-        await self.bus.publish(self.topics.announce, sealed, retain=True)
+        inline = blob if len(blob) <= self.config.network.inline_blob_max_bytes else None
+        await self.bus.publish(self.topics.announce, parcel.pack(sealed, inline), retain=True)
         # The bus carries it now; the DHT copy (for late joiners) must not hold up the round.
         self._spawn(self._dht_put(dht_announce_name(self.config.job_id), {"announcement": sealed},
                                   self.config.federated.round_timeout * 2, f"round-{round_number} announcement"))
@@ -401,10 +406,11 @@ class Coordinator:
         return collector
 
     async def _commit(self, collector: RoundCollector, seconds: float, attempts: int) -> None:
-        new_state, scores = await asyncio.to_thread(collector.strategy.finish)
-        blob = await asyncio.to_thread(tensors.encode_state, new_state, compress=self.config.network.enable_compression)
+        nbytes = state_bytes(self.intake.global_state)
+        new_state, scores = await run_sized(nbytes, collector.strategy.finish)
+        blob = await run_sized(nbytes, tensors.encode_state, new_state, compress=self.config.network.enable_compression)
         digest = await asyncio.to_thread(self.peer.blobs.put_bytes, blob)
-        self._last_model = (digest, new_state)  # the next round starts from it: no read-back and decode
+        self._last_model = (digest, new_state, blob)  # the next round starts from it: no read-back and decode
         accuracy, loss = await asyncio.to_thread(evaluate, self.model, new_state, self.test_data)
         # Rewards go to listed trainers only (open jobs let strangers help, not get paid).
         samples = {key: float(rec.num_samples) for key, rec in collector.accepted.items()

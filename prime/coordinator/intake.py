@@ -2,7 +2,8 @@
 
 Every update goes through the same gate, whichever path brought it: verify the
 envelope, refuse replays and duplicates, check the record against the open round
-(``verification.check_record``), fetch the blob by digest and check the tensors
+(``verification.check_record``), take the blob (inline in the bus notice if it hashes
+to the signed digest, else fetched by digest) and check the tensors
 (``verification.check_tensors``), then fold it into the round's strategy and
 persist it as pending, so a restarted coordinator reuses it. Refusals are counted
 and recorded with their reason.
@@ -21,11 +22,12 @@ from typing import Any
 from prime.coordinator.rounds import RoundCollector
 from prime.coordinator.store import CoordinatorStore
 from prime.coordinator.verification import check_record, check_tensors
-from prime.core import tensors
+from prime.core import parcel, tensors
 from prime.core.aggregation import Contribution
 from prime.core.config import JobConfig
 from prime.core.errors import BlobError, DecodeError, PrimeError, SignatureError, UpdateRejected
 from prime.core.net import parse_hostport
+from prime.core.offload import run_sized
 from prime.core.records import UpdateRecord, dht_update_name
 from prime.dht.blobfetch import fetch_from_any
 from prime.dht.peer import Peer
@@ -50,6 +52,8 @@ class UpdateIntake:
         self.accepted = 0
         self.late_copies = 0
         self.early = 0
+        self.blob_sources: Counter[str] = Counter()  # inline / fetched: how accepted updates' blobs arrived
+        self.bad_inline_blobs = 0  # inline bytes that did not hash to the signed digest (then fetched)
         self.rejected: Counter[str] = Counter()
         self._unattributed: Counter[int] = Counter()
 
@@ -63,10 +67,20 @@ class UpdateIntake:
 
     def metrics(self) -> dict:
         return {"accepted": self.accepted, "rejected": dict(self.rejected), "late_copies": self.late_copies,
-                "early": self.early}
+                "early": self.early, "blob_sources": dict(self.blob_sources),
+                "bad_inline_blobs": self.bad_inline_blobs}
 
     # -- the gate ----------------------------------------------------------------------
-    async def receive(self, payload: bytes, *, via: str) -> None:
+    async def receive_parcel(self, payload: bytes) -> None:
+        """A bus notice: the signed record, maybe with its blob inline."""
+        try:
+            envelope, inline = parcel.unpack(payload, max_blob_bytes=self.config.network.inline_blob_max_bytes)
+        except DecodeError as exc:
+            current = self.collector
+            return self._reject(current.round if current else 0, None, "", UpdateRejected("malformed", str(exc)))
+        await self.receive(envelope, via="bus", inline=inline)
+
+    async def receive(self, payload: bytes, *, via: str, inline: bytes | None = None) -> None:
         current = self.collector
         try:
             record, env = UpdateRecord.open(payload)
@@ -89,14 +103,15 @@ class UpdateIntake:
         except UpdateRejected as rejection:
             return self._reject(record.round, signer, record.node_name, rejection)
         try:
-            contribution = await self._verify_blob(record, signer)
+            contribution, source = await self._verify_blob(record, signer, inline)
             async with self.lock:
                 if current is not self.collector:
                     return  # the round closed while we verified
-                await asyncio.to_thread(current.strategy.add, contribution)
+                await run_sized(record.blob_size, current.strategy.add, contribution)
                 current.accept(signer, record)
                 self.store.add_pending(record.round, signer, payload)
                 self.accepted += 1
+                self.blob_sources[source] += 1
             log.info("round %d: accepted %s (%d samples, via %s)", record.round, record.node_name,
                      record.num_samples, via)
         except UpdateRejected as rejection:
@@ -115,7 +130,31 @@ class UpdateIntake:
         self.late_copies += 1  # a straggling copy (bus resend, DHT sweep) of the round just committed
         return True
 
-    async def _verify_blob(self, record: UpdateRecord, signer: bytes) -> Contribution:
+    async def _verify_blob(self, record: UpdateRecord, signer: bytes, inline: bytes | None) -> tuple[Contribution, str]:
+        """The update's checked tensors, and whether its blob came inline or was fetched."""
+        net = self.config.network
+        source, data = "inline", inline
+        if inline is not None and not await self._is_signed_blob(inline, record):
+            self.bad_inline_blobs += 1  # the record may still be good: fetch its blob by digest
+            data = None
+        if data is None:
+            source, data = "fetched", await self._fetch(record)
+        else:  # kept on disk like a fetched blob: a restarted coordinator reuses pending updates from there
+            await asyncio.to_thread(self.peer.blobs.put_bytes, data)
+        if len(data) != record.blob_size:
+            raise UpdateRejected("size_mismatch", f"blob is {len(data)} bytes, record says {record.blob_size}")
+        try:
+            delta = await run_sized(len(data), tensors.decode_state, data, max_bytes=net.max_message_size)
+        except DecodeError as exc:
+            raise UpdateRejected("undecodable", str(exc)) from None
+        await run_sized(len(data), check_tensors, delta, self.global_state, self.config.security.max_update_norm)
+        return Contribution(signer, delta, self.config.admission.weight(signer, record.num_samples)), source
+
+    @staticmethod
+    async def _is_signed_blob(data: bytes, record: UpdateRecord) -> bool:
+        return len(data) == record.blob_size and await run_sized(len(data), tensors.digest, data) == record.blob_digest
+
+    async def _fetch(self, record: UpdateRecord) -> bytes:
         net = self.config.network
         try:
             providers = [parse_hostport(p) for p in record.providers]
@@ -127,15 +166,7 @@ class UpdateIntake:
         except BlobError as exc:
             reason = {"tampered": "tampered_blob", "oversize": "oversize"}.get(exc.reason, "blob_unavailable")
             raise UpdateRejected(reason, str(exc)) from None
-        data = await asyncio.to_thread(self.peer.blobs.read_bytes, record.blob_digest)
-        if len(data) != record.blob_size:
-            raise UpdateRejected("size_mismatch", f"blob is {len(data)} bytes, record says {record.blob_size}")
-        try:
-            delta = await asyncio.to_thread(tensors.decode_state, data, max_bytes=net.max_message_size)
-        except DecodeError as exc:
-            raise UpdateRejected("undecodable", str(exc)) from None
-        await asyncio.to_thread(check_tensors, delta, self.global_state, self.config.security.max_update_norm)
-        return Contribution(signer, delta, self.config.admission.weight(signer, record.num_samples))
+        return await asyncio.to_thread(self.peer.blobs.read_bytes, record.blob_digest)
 
     def _reject(self, round_number: int, signer: bytes | None, name: str, rejection: UpdateRejected) -> None:
         """Count every refusal; record it in the database unless it is junk past a cap.

@@ -92,6 +92,9 @@ class NetworkConfig(_Section):
     max_message_size: int = Field(256 * 1024 * 1024, gt=0)
     #: zlib-compress update and model blobs on the wire.
     enable_compression: bool = False
+    #: Models and updates up to this size ride inside their signed bus message instead of being
+    #: fetched over TCP (a round's fastest path for small models); 0 always fetches.
+    inline_blob_max_bytes: int = Field(256 * 1024, ge=0, le=16 * 1024 * 1024)
     #: MQTT broker; None means the coordinator embeds one on 127.0.0.1:1883.
     mqtt_url: str | None = None
     #: Seconds between trainer heartbeats.

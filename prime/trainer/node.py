@@ -3,9 +3,10 @@
 Lifecycle: ``node = await TrainerNode.create(...)``, ``await node.start_training()``
 (returns when the job ends or ``stop()`` is called), ``await node.close()``; or
 ``async with`` it. Per round it: verifies the coordinator's signed announcement,
-fetches the global model by digest, trains locally (FSDP2, in a worker thread so
-the event loop keeps serving), stores its update blob, signs an update record,
-puts it in the DHT under its own key, and sends the record as a notice on the bus.
+takes the global model from the announcement (small models ride inline) or fetches it
+by digest, trains locally (FSDP2, in a worker thread so the event loop keeps serving),
+stores its update blob, signs an update record, puts it in the DHT under its own key,
+and sends the record as a notice on the bus (with the update inline when it is small).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from torch import nn
 from prime.bus.client import BusClient
 from prime.bus.liveness import Heartbeat
 from prime.bus.topics import Topics
-from prime.core import tensors
+from prime.core import parcel, tensors
 from prime.core.config import JobConfig
 from prime.core.datasets import Split
 from prime.core.errors import DecodeError, PrimeError, TrainerError
@@ -42,6 +43,7 @@ from prime.trainer.checkpoint import AUTO_PREFIX, CheckpointStore
 from prime.trainer.data import load_local_data, partition_for
 from prime.trainer.engine import EpochMetrics, LocalEngine
 from prime.core.net import parse_hostport
+from prime.core.offload import run_sized, state_bytes
 from prime.core.retry import with_retries
 
 log = logging.getLogger(__name__)
@@ -75,6 +77,7 @@ class TrainerNode:
         self.bus = BusClient(
             mqtt_url, f"trainer-{identity.network_id}", will=self.heartbeat.will,
             max_retries=ft.max_retries, timeout=net.timeout,
+            max_payload=parcel.max_parcel_bytes(net.inline_blob_max_bytes),
         )
         self.coordinator_key = config.coordinator_public_key
         self.last_submitted_round = start_round - 1
@@ -85,7 +88,8 @@ class TrainerNode:
         self.dropped: dict[str, int] = {}
         self._last_update: UpdateRecord | None = None  # the last update submitted, to re-sign for a new term
         self.highest_term = 0  # trainers follow the highest valid coordinator term they have seen
-        self._pending: RoundAnnouncement | None = None
+        self._pending: tuple[RoundAnnouncement, bytes | None] | None = None  # (announcement, inline model)
+        self.model_sources: dict[str, int] = {"inline": 0, "fetched": 0}  # how each round's model arrived
         self._background: set[asyncio.Task] = set()
         self.metrics_file = MetricsFile(checkpoints.root.parent / METRICS_FILE, self._metrics)
         self._wake = asyncio.Event()
@@ -188,7 +192,7 @@ class TrainerNode:
 
     def _metrics(self) -> dict:
         return {"role": "trainer", **self.get_status(), "training": self.get_training_metrics(),
-                **self.peer.metrics(), "bus": self.bus.metrics}
+                "model_sources": dict(self.model_sources), **self.peer.metrics(), "bus": self.bus.metrics}
 
     async def save_checkpoint(self, name: str) -> Path:
         state = await asyncio.to_thread(self.engine.state_dict)
@@ -212,9 +216,9 @@ class TrainerNode:
             while not self._finished.is_set():
                 await self._wake.wait()
                 self._wake.clear()
-                announcement, self._pending = self._pending, None
-                if announcement is not None:
-                    await self._run_round(announcement)
+                pending, self._pending = self._pending, None
+                if pending is not None:
+                    await self._run_round(*pending)
                 if listener.done():
                     listener.result()  # surface a dead listener instead of idling forever
         finally:
@@ -246,9 +250,10 @@ class TrainerNode:
         async for topic, payload in self.bus.messages():
             try:
                 if topic == self.topics.announce:
-                    record, _ = RoundAnnouncement.open(payload, signer=self.coordinator_key)
+                    envelope, inline = parcel.unpack(payload, max_blob_bytes=self.config.network.inline_blob_max_bytes)
+                    record, _ = RoundAnnouncement.open(envelope, signer=self.coordinator_key)
                     if self._fresh(record, self.config.federated.round_timeout):
-                        self._on_announcement(record)
+                        self._on_announcement(record, inline)
                 elif topic == self.topics.committed:
                     committed, _ = RoundCommitted.open(payload, signer=self.coordinator_key)
                     if not self._fresh(committed, COMMITTED_TTL) or committed.term < self.highest_term:
@@ -266,7 +271,7 @@ class TrainerNode:
             self._drop(f"{stale}_{type(record).__name__}", f"round {record.round}")
         return stale is None
 
-    def _on_announcement(self, ann: RoundAnnouncement) -> None:
+    def _on_announcement(self, ann: RoundAnnouncement, inline: bytes | None = None) -> None:
         if ann.job_id != self.config.job_id:
             return self._drop("wrong_job", ann.job_id)
         if ann.term < self.highest_term:
@@ -278,7 +283,7 @@ class TrainerNode:
         max_epochs = self.config.training.max_epochs
         if max_epochs and self.engine.epochs_done >= max_epochs:
             return
-        self._pending = ann
+        self._pending = (ann, inline)
         self._wake.set()
 
     def _answer_if_submitted(self, ann: RoundAnnouncement) -> bool:
@@ -299,7 +304,7 @@ class TrainerNode:
             resend.add_done_callback(self._background.discard)
         return True
 
-    async def _run_round(self, ann: RoundAnnouncement) -> None:
+    async def _run_round(self, ann: RoundAnnouncement, inline: bytes | None = None) -> None:
         if self._answer_if_submitted(ann):  # queued while we trained the same round for an earlier announcement
             return
         if time.time() > ann.deadline:
@@ -307,20 +312,15 @@ class TrainerNode:
         net = self.config.network
         self.is_training = True
         try:
-            providers = [parse_hostport(p) for p in ann.providers]
-            await with_retries(
-                lambda: fetch_from_any(providers, ann.model_digest, self.peer.blobs,
-                                       max_bytes=net.max_message_size, timeout=net.timeout),
-                what=f"fetching model v{ann.model_version}", max_retries=self.config.fault_tolerance.max_retries,
-            )
-            model_bytes = await asyncio.to_thread(self.peer.blobs.read_bytes, ann.model_digest)
-            global_state = await asyncio.to_thread(tensors.decode_state, model_bytes, max_bytes=net.max_message_size)
+            model_bytes = await self._model_bytes(ann, inline)
+            global_state = await run_sized(len(model_bytes), tensors.decode_state, model_bytes,
+                                           max_bytes=net.max_message_size)
             train_started = time.perf_counter()
             delta, metrics = await asyncio.to_thread(
                 self.engine.train_epochs, global_state, self.config.federated.local_epochs
             )
             train_seconds = time.perf_counter() - train_started
-            blob = await asyncio.to_thread(tensors.encode_state, delta, compress=net.enable_compression)
+            blob = await run_sized(state_bytes(delta), tensors.encode_state, delta, compress=net.enable_compression)
             digest = await asyncio.to_thread(self.peer.blobs.put_bytes, blob)
         except PrimeError as exc:
             log.error("round %d abandoned: %s", ann.round, exc)
@@ -344,7 +344,7 @@ class TrainerNode:
             expires=now + self.config.security.record_ttl,
         )
         sealed = record.seal(self.identity).to_bytes()
-        await self._publish_update(ann.round, sealed)
+        await self._publish_update(ann.round, sealed, blob if len(blob) <= net.inline_blob_max_bytes else None)
         self.last_submitted_round = ann.round
         self._last_update = record
         if self.rounds_trained % self.config.fault_tolerance.checkpoint_interval == 0:
@@ -352,14 +352,32 @@ class TrainerNode:
         log.info("round %d: trained %d samples, loss %.4f, acc %.3f, update %s…",
                  ann.round, metrics.num_samples, metrics.loss, metrics.accuracy, digest[:12])
 
-    async def _publish_update(self, round_number: int, sealed: bytes) -> None:
-        """The bus notice (the fast path) now; the DHT pointer (the durable path) alongside."""
+    async def _model_bytes(self, ann: RoundAnnouncement, inline: bytes | None) -> bytes:
+        """The announced model: the inline copy if it is the signed one, else fetched by digest."""
+        if inline is not None:
+            if len(inline) == ann.model_size and await run_sized(len(inline), tensors.digest, inline) == ann.model_digest:
+                self.model_sources["inline"] += 1
+                return inline
+            self._drop("bad_inline_model", f"round {ann.round}: inline bytes do not match the signed digest")
+        net = self.config.network
+        providers = [parse_hostport(p) for p in ann.providers]
+        await with_retries(
+            lambda: fetch_from_any(providers, ann.model_digest, self.peer.blobs,
+                                   max_bytes=net.max_message_size, timeout=net.timeout),
+            what=f"fetching model v{ann.model_version}", max_retries=self.config.fault_tolerance.max_retries,
+        )
+        self.model_sources["fetched"] += 1
+        return await asyncio.to_thread(self.peer.blobs.read_bytes, ann.model_digest)
+
+    async def _publish_update(self, round_number: int, sealed: bytes, inline: bytes | None) -> None:
+        """The bus notice (the fast path, the blob inline if small) now; the DHT pointer (the
+        durable path) alongside."""
         name = dht_update_name(self.config.job_id, round_number)
         ttl = max(self.config.federated.round_timeout * 4, 600.0)
         put = asyncio.create_task(self._dht_put(name, {"update": sealed}, ttl, round_number))
         self._background.add(put)
         put.add_done_callback(self._background.discard)
-        await self.bus.publish(self.topics.updates, sealed)
+        await self.bus.publish(self.topics.updates, parcel.pack(sealed, inline))
 
     async def _dht_put(self, name: str, value: dict, ttl: float, round_number: int) -> None:
         await self.peer.put_quietly(self.identity, name, value, ttl_s=ttl, what=f"round-{round_number} update",

@@ -32,6 +32,20 @@ def wait_for(net: LocalNetwork, condition: Callable[[dict], T], timeout: float, 
     raise AssertionError(f"timed out after {timeout}s waiting for {what}; last status {status}\n{logs}")
 
 
+def metrics_when(data_dir: Path, condition: Callable[[dict], bool], timeout: float = 10.0) -> dict:
+    """A node's metrics.json once ``condition`` holds (it is rewritten every second)."""
+    from prime.telemetry import read_metrics
+
+    deadline = time.monotonic() + timeout
+    while True:
+        metrics = read_metrics(data_dir)
+        if metrics is not None and condition(metrics):
+            return metrics
+        if time.monotonic() > deadline:
+            raise AssertionError(f"metrics in {data_dir} never met the condition; last {metrics}")
+        time.sleep(0.2)
+
+
 async def watch_until(bus, tracker, done: Callable[[], bool], timeout: float = 5.0) -> None:
     """Feed liveness messages from ``bus`` to ``tracker`` until ``done()``; fail after ``timeout``."""
     import asyncio

@@ -15,7 +15,8 @@ sends, one after another:
 - a delta of the wrong shape                                          → wrong_shape
 - a delta with a huge L2 norm                                         → norm_too_large
 - a blob over the size cap (the record lies about its size)           → oversize
-- a blob tampered with after its digest was signed                    → tampered_blob
+- a blob tampered with after its digest was signed, served and inline  → tampered_blob
+  (the inline copy is ignored for not matching the signed digest, then the fetched one refused)
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ from prime.bus.client import BusClient
 from prime.bus.liveness import Heartbeat
 from prime.bus.topics import Topics
 from prime.coordinator.status import read_status
-from prime.core import tensors
+from prime.telemetry import read_metrics
+from prime.core import parcel, tensors
 from prime.core.envelope import Envelope
 from prime.core.identity import Identity
 from prime.core.models import build_model
@@ -70,6 +72,7 @@ def test_attacks_are_refused_with_reasons_and_earn_nothing(tmp_path):
     assert {row[0] for row in db.execute("SELECT node_key FROM updates")} == honest
     per_round = db.execute("SELECT round, COUNT(*) FROM updates GROUP BY round").fetchall()
     assert per_round == [(r, 3) for r in range(1, 5)]  # the replay was not credited twice
+    assert read_metrics(net.coordinator_dir)["updates"]["bad_inline_blobs"] >= 1
 
 
 ATTACKS = ["unknown_key", "bad_signature", "replay", "expired", "too_many_samples", "not_finite", "wrong_shape",
@@ -95,11 +98,12 @@ class Mallory:
                 await bus.subscribe(self.topics.updates)
                 async for topic, payload in bus.messages():
                     assert time.monotonic() < deadline, "mallory never got a round to attack"
+                    envelope, _ = parcel.unpack(payload, max_blob_bytes=self.config.network.inline_blob_max_bytes)
                     if topic == self.topics.updates:
-                        record, _ = UpdateRecord.open(payload)
+                        record, _ = UpdateRecord.open(envelope)
                         self.captured.setdefault(record.round, payload)
                         continue
-                    ann, _ = RoundAnnouncement.open(payload, signer=self.config.coordinator_public_key)
+                    ann, _ = RoundAnnouncement.open(envelope, signer=self.config.coordinator_public_key)
                     if ann.round == 2 and self.heartbeat._task is None:
                         self.heartbeat.start(bus)  # become live so round 3 or 4 selects us
                     if ann.round >= 3 and self.key.public_key in ann.selected and 1 in self.captured:
@@ -138,8 +142,9 @@ class Mallory:
         record = self.record(ann, tampered)
         path = self.store.path(record.blob_digest)
         path.chmod(0o644)
-        path.write_bytes(tampered[:-1] + bytes([tampered[-1] ^ 0xFF]))
-        await self.send(ann, "tampered_blob", self.seal(record))
+        bad = tampered[:-1] + bytes([tampered[-1] ^ 0xFF])
+        path.write_bytes(bad)
+        await self.send(ann, "tampered_blob", parcel.pack(self.seal(record), bad))
 
     def seal(self, record: UpdateRecord) -> bytes:
         return record.seal(self.key).to_bytes()

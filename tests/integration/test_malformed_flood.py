@@ -41,7 +41,8 @@ from prime.bus.client import BusClient
 from prime.bus.topics import Topics
 from prime.coordinator.intake import MAX_UNATTRIBUTED_RECORDED
 from prime.coordinator.status import DB_NAME
-from prime.core import encoding
+from prime.core import encoding, parcel
+from prime.core.config import NetworkConfig
 from prime.core.envelope import Domain, Envelope, seal
 from prime.core.identity import Identity, network_id
 from prime.core.records import RoundAnnouncement, RoundCommitted, dht_announce_name, dht_update_name
@@ -59,7 +60,9 @@ BLOB_TO_COORDINATOR = 1_000
 BLOB_TO_EACH_TRAINER = 150
 STALLED_BLOB_CLIENTS = 4  # slow-loris connections; the server times them out (10 s)
 BUS_UPDATES, BUS_LIVENESS, BUS_ANNOUNCE, BUS_COMMITTED = 500, 300, 200, 200
-BUS_OVERSIZED = 10  # of the update and announce junk each, over the 64 KiB bus cap
+BUS_OVERSIZED = 10  # of the update and announce junk each, over the bus cap
+#: The nodes' bus cap: a signed record plus an inline blob of the default size.
+BUS_CAP = parcel.max_parcel_bytes(NetworkConfig().inline_blob_max_bytes)
 #: The coordinator holds ~350 MB (torch, the model, the test split). Garbage is never
 #: stored: DHT storage keeps only verified records, the liveness tracker only signed
 #: heartbeats, the blob server nothing, anonymous rejections at most 20 DB rows a round.
@@ -225,7 +228,7 @@ def bus_garbage(rng: random.Random, topics: Topics, coordinator_key: bytes, trai
             lambda: seal(MALLORY, domain, {"job_id": topics.job_id, "round": 10**6}).to_bytes(),
         ][i % 3]()
 
-    oversized = rng.randbytes(80 * 1024)
+    oversized = rng.randbytes(BUS_CAP + 1024)
     out: list[tuple[str, bytes]] = []
     out += [(topics.updates, oversized if i < BUS_OVERSIZED else update_junk(i)) for i in range(BUS_UPDATES)]
     out += [liveness_junk(i) for i in range(BUS_LIVENESS)]
@@ -302,7 +305,7 @@ async def send_bus(url: str, messages: list[tuple[str, bytes]], seconds: float) 
 async def retained_after_flood(url: str, topics: Topics) -> dict[str, bytes]:
     """What a node joining now is handed on the retained topics."""
     got: dict[str, bytes] = {}
-    async with BusClient(url, f"late-joiner-{os.getpid()}") as bus:
+    async with BusClient(url, f"late-joiner-{os.getpid()}", max_payload=BUS_CAP) as bus:
         await bus.subscribe(topics.announce)
         await bus.subscribe(topics.committed)
 
@@ -501,6 +504,6 @@ def test_flood_of_garbage_leaves_every_node_up_and_counting(network: LocalNetwor
     # -- nothing garbage is left retained: a node joining now gets the coordinator's signed records ---
     key = net.config.coordinator_public_key
     topics = Topics(net.config.job_id)
-    RoundAnnouncement.open(retained[topics.announce], signer=key)
+    RoundAnnouncement.open(parcel.unpack(retained[topics.announce], max_blob_bytes=BUS_CAP)[0], signer=key)
     RoundCommitted.open(retained[topics.committed], signer=key)
     assert net.dead() == {}

@@ -22,7 +22,8 @@ from prime.core.rewards import to_micro
 from prime.demo import LocalNetwork
 from prime.dht.blobstore import BlobStore
 from prime.dht.node import DHTNode
-from tests.integration.netutil import wait_for
+from prime.telemetry import read_metrics
+from tests.integration.netutil import metrics_when, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -55,6 +56,12 @@ def test_rounds_commit_verified_and_survive_coordinator_kill(network: LocalNetwo
     # Every update verified: nothing refused, everyone in every round.
     assert status["rejected_updates"] == []
     assert all(r["participants"] == 3 for r in status["rounds"])
+    # The model (38 KB) and the updates rode inline in their signed bus messages (updates re-sent
+    # to the restarted coordinator are fetched by digest).
+    updates = metrics_when(net.coordinator_dir, lambda m: m["updates"]["blob_sources"].get("inline", 0) >= 3)["updates"]
+    assert updates["bad_inline_blobs"] == 0, updates
+    sources = [read_metrics(net.trainer_dir(n))["model_sources"] for n in net.trainer_names]
+    assert all(s["inline"] >= 1 and s["fetched"] == 0 for s in sources), sources
 
     # Rewards: each round pays exactly its pool; the signed hash chain verifies.
     pool = to_micro(net.config.federated.reward_pool)

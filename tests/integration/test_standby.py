@@ -1,5 +1,7 @@
 """A standby coordinator takes over when the primary is SIGKILLed, from checkpoints it
 mirrored through the DHT and blob service, with a higher term; no round is lost or redone.
+
+Inline blobs are off here, so models and updates take the fetch-by-digest path.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ import signal
 import pytest
 
 from prime.demo import LocalNetwork
+from prime.telemetry import read_metrics
 from tests.integration.netutil import wait_for
 
 pytestmark = pytest.mark.slow
@@ -18,7 +21,7 @@ ROUNDS = 6
 
 def test_standby_takes_over_without_losing_or_redoing_a_round(tmp_path):
     net = LocalNetwork(tmp_path / "net", trainers=3, rounds=ROUNDS, local_epochs=1,
-                       federated={"round_timeout": 20.0})
+                       federated={"round_timeout": 20.0}, network={"inline_blob_max_bytes": 0})
     try:
         net.start_all()
         net.start_standby()
@@ -40,4 +43,7 @@ def test_standby_takes_over_without_losing_or_redoing_a_round(tmp_path):
         assert theirs == ours
     assert status["ledger_valid"]
     assert round(sum(status["rewards"].values()), 6) == round(100.0 * ROUNDS, 6)
+    for name in net.trainer_names:
+        assert read_metrics(net.trainer_dir(name))["model_sources"]["inline"] == 0
+    assert sum(read_metrics(net.trainer_dir(n))["model_sources"]["fetched"] for n in net.trainer_names) >= ROUNDS
     assert status["rejected_updates"] == [] or {r["reason"] for r in status["rejected_updates"]} <= {"wrong_term"}

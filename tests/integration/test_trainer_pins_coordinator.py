@@ -2,7 +2,8 @@
 
 Broker, DHT node and one trainer run as processes; no coordinator runs. The test
 publishes announcements selecting the trainer: one signed by an impostor key, one
-signed by the real coordinator key but expired. The trainer must train on neither
+signed by the real coordinator key but expired, and a good one carrying an inline
+model that does not hash to the signed digest. The trainer must train on none of them
 and count each drop in its metrics file.
 """
 
@@ -15,6 +16,7 @@ import pytest
 
 from prime.bus.client import BusClient
 from prime.bus.topics import Topics
+from prime.core import parcel
 from prime.core.identity import Identity
 from prime.core.records import RoundAnnouncement
 from prime.demo import LocalNetwork
@@ -59,9 +61,13 @@ def test_trainer_refuses_impostor_and_stale_announcements(tmp_path):
 
         stale = announcement(net, trainer_key, now - 600, now - 300).seal(coordinator).to_bytes()
         asyncio.run(publish_retained(net, stale))
-        metrics = wait_for_drop(net, name, "expired_RoundAnnouncement")
+        wait_for_drop(net, name, "expired_RoundAnnouncement")
+
+        swapped = parcel.pack(announcement(net, trainer_key, now, now + 30).seal(coordinator).to_bytes(), b"x" * 10)
+        asyncio.run(publish_retained(net, swapped))
+        metrics = wait_for_drop(net, name, "bad_inline_model")
+        assert metrics["model_sources"]["inline"] == 0
         assert metrics["rounds_trained"] == 0 and metrics["last_submitted_round"] == 0
-        assert not metrics["is_training"]
     finally:
         net.stop_all()
 

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from prime.core import encoding
+from prime.core import encoding, parcel
 from prime.core.envelope import Domain, open_envelope
 from prime.core.errors import DecodeError
 from prime.core.identity import Identity
@@ -33,6 +33,7 @@ DECODERS = [
     pytest.param(RoundAnnouncement.open, id="RoundAnnouncement.open"),
     pytest.param(UpdateRecord.open, id="UpdateRecord.open"),
     pytest.param(RoundCommitted.open, id="RoundCommitted.open"),
+    pytest.param(lambda b: parcel.unpack(b, max_blob_bytes=64), id="parcel.unpack"),
     pytest.param(lambda b: decode_state(b, max_bytes=1 << 16), id="decode_state"),
 ]
 
@@ -68,7 +69,7 @@ def envelope_like(draw) -> bytes:
     return encoding.pack(obj)
 
 
-@pytest.mark.parametrize("decoder", DECODERS[:5])
+@pytest.mark.parametrize("decoder", DECODERS[:6])
 @settings(max_examples=100, deadline=None)
 @given(envelope_like())
 def test_envelope_shaped_input(decoder, data):
@@ -142,3 +143,14 @@ def test_compressed_random_payload_respects_cap(raw, cap):
         return
     assert len(raw) <= cap
     assert isinstance(state, dict)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.dictionaries(st.sampled_from(["e", "b", "d", "x"]), msgpack_values, max_size=3))
+def test_parcel_shaped_input(fields):
+    """Parcels with missing, extra or mistyped fields: a DecodeError, or an (envelope, blob) pair in bounds."""
+    try:
+        envelope, blob = parcel.unpack(encoding.pack(fields), max_blob_bytes=64)
+    except DecodeError:
+        return
+    assert isinstance(envelope, bytes) and isinstance(blob, bytes) and len(blob) <= 64
