@@ -95,7 +95,8 @@ class Coordinator:
         self._standby_acked = asyncio.Event()
         self._takeover_term: int | None = None
         self.latest_committed: RoundCommitted | None = None
-        self._last_model: tuple[str, dict, bytes] | None = None  # (digest, state, blob) of the model committed last
+        # (digest, state, blob if small enough to ride inline) of the model committed last
+        self._last_model: tuple[str, dict, bytes | None] | None = None
 
     @classmethod
     async def create(
@@ -315,15 +316,15 @@ class Coordinator:
     # -- the round ---------------------------------------------------------------------
     async def _run_round(self, round_number: int) -> None:
         fed = self.config.federated
-        version, digest, _ = self.store.latest_version()
-        global_state, blob = await self._model(digest)
+        version, digest, size = self.store.latest_version()
+        global_state, inline = await self._model(digest, size)
         started, attempt = None, 0
         while True:
             attempt += 1
             recovered = self.store.pending(round_number)  # verified before a crash: reuse, don't refetch
             selected = await self._await_selection(round_number, attempt, reserved=list(recovered))
             started = started or time.monotonic()  # round time counts from the first announcement
-            collector = await self._announce(round_number, version, digest, blob, selected, global_state)
+            collector = await self._announce(round_number, version, digest, size, inline, selected, global_state)
             for envelope in recovered.values():
                 self._spawn(self.intake.receive(envelope, via="recovered"))
             sweeper = self._spawn(self.intake.sweep_dht(collector))
@@ -359,13 +360,18 @@ class Coordinator:
                 log.warning("round %d: %d selected trainer(s) died; not waiting for them", collector.round, dead)
                 return
 
-    async def _model(self, digest: str) -> tuple[dict, bytes]:
-        """The global model with this digest and its blob: the one we just committed, else read back."""
+    async def _model(self, digest: str, size: int) -> tuple[dict, bytes | None]:
+        """The global model with this digest, and its blob if it rides inline: the one we just
+        committed, else read back from the store."""
         if self._last_model is not None and self._last_model[0] == digest:
             return self._last_model[1], self._last_model[2]
-        data = await asyncio.to_thread(self.peer.blobs.read_bytes, digest)
-        state = await run_sized(len(data), tensors.decode_state, data, max_bytes=self.config.network.max_message_size)
-        return state, data
+        net = self.config.network
+        if size <= net.inline_blob_max_bytes:
+            data: bytes | memoryview = await asyncio.to_thread(self.peer.blobs.read_bytes, digest)
+        else:
+            data = await asyncio.to_thread(self.peer.blobs.map_private, digest)
+        state = await run_sized(len(data), tensors.decode_state, data, max_bytes=net.max_message_size)
+        return state, data if size <= net.inline_blob_max_bytes else None
 
     async def _await_selection(self, round_number: int, attempt: int, reserved: list[bytes] = ()) -> list[bytes]:
         """Select among live admitted trainers once enough are up; ``reserved`` (trainers whose
@@ -385,19 +391,18 @@ class Coordinator:
                 announced_wait = True
             await asyncio.sleep(0.1)
 
-    async def _announce(self, round_number: int, version: int, digest: str, blob: bytes, selected: list[bytes],
-                        global_state: dict) -> RoundCollector:
+    async def _announce(self, round_number: int, version: int, digest: str, size: int, inline: bytes | None,
+                        selected: list[bytes], global_state: dict) -> RoundCollector:
         now = time.time()
         announcement = RoundAnnouncement(
             job_id=self.config.job_id, term=self.term, round=round_number, model_version=version, model_digest=digest,
-            model_size=len(blob), providers=[self.peer.address_str], selected=selected,
+            model_size=size, providers=[self.peer.address_str], selected=selected,
             deadline=now + self.config.federated.round_timeout, issued=now,
             expires=now + self.config.federated.round_timeout, total_rounds=self.config.federated.rounds,
         )
         collector = RoundCollector(announcement, build_strategy(self.config.federated.aggregation_strategy))
         self.intake.open_round(collector, global_state)
         sealed = announcement.seal(self.identity).to_bytes()
-        inline = blob if len(blob) <= self.config.network.inline_blob_max_bytes else None
         await self.bus.publish(self.topics.announce, parcel.pack(sealed, inline), retain=True)
         # The bus carries it now; the DHT copy (for late joiners) must not hold up the round.
         self._spawn(self._dht_put(dht_announce_name(self.config.job_id), {"announcement": sealed},
@@ -408,15 +413,17 @@ class Coordinator:
     async def _commit(self, collector: RoundCollector, seconds: float, attempts: int) -> None:
         nbytes = state_bytes(self.intake.global_state)
         new_state, scores = await run_sized(nbytes, collector.strategy.finish)
-        blob = await run_sized(nbytes, tensors.encode_state, new_state, compress=self.config.network.enable_compression)
-        digest = await asyncio.to_thread(self.peer.blobs.put_bytes, blob)
-        self._last_model = (digest, new_state, blob)  # the next round starts from it: no read-back and decode
+        parts = await run_sized(nbytes, tensors.encode_parts, new_state, compress=self.config.network.enable_compression)
+        digest = await asyncio.to_thread(self.peer.blobs.put_parts, parts)
+        size = tensors.parts_size(parts)
+        inline = b"".join(parts) if size <= self.config.network.inline_blob_max_bytes else None
+        self._last_model = (digest, new_state, inline)  # the next round starts from it: no read-back and decode
         accuracy, loss = await asyncio.to_thread(evaluate, self.model, new_state, self.test_data)
         # Rewards go to listed trainers only (open jobs let strangers help, not get paid).
         samples = {key: float(rec.num_samples) for key, rec in collector.accepted.items()
                    if self.config.admission.listed(key)}
         pool = rewards.split_pool(rewards.to_micro(self.config.federated.reward_pool), samples)
-        commit = RoundCommit(collector.round, digest, len(blob), collector.accepted_updates(scores), pool,
+        commit = RoundCommit(collector.round, digest, size, collector.accepted_updates(scores), pool,
                              accuracy, loss, seconds, attempts)
         version = self.store.commit_round(commit, self.identity)  # on the loop: one SQLite connection, one thread
         log.info("round %d committed as v%d: %d updates, test accuracy %.4f, loss %.4f, %.2fs",

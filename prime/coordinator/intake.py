@@ -29,7 +29,7 @@ from prime.core.errors import BlobError, DecodeError, PrimeError, SignatureError
 from prime.core.net import parse_hostport
 from prime.core.offload import run_sized
 from prime.core.records import UpdateRecord, dht_update_name
-from prime.dht.blobfetch import fetch_from_any
+from prime.dht.blobfetch import fetch_verified
 from prime.dht.peer import Peer
 
 log = logging.getLogger(__name__)
@@ -134,13 +134,16 @@ class UpdateIntake:
         """The update's checked tensors, and whether its blob came inline or was fetched."""
         net = self.config.network
         source, data = "inline", inline
+        data: bytes | memoryview | None  # inline bytes, or a private mapping of the fetched blob
         if inline is not None and not await self._is_signed_blob(inline, record):
             self.bad_inline_blobs += 1  # the record may still be good: fetch its blob by digest
             data = None
         if data is None:
             source, data = "fetched", await self._fetch(record)
-        else:  # kept on disk like a fetched blob: a restarted coordinator reuses pending updates from there
-            await asyncio.to_thread(self.peer.blobs.put_bytes, data)
+        # Kept on disk so a restarted coordinator reuses pending updates without refetching them;
+        # written in the background, off the critical path (if a crash beats the write, recovery
+        # fetches the blob from its trainer again).
+        self.spawn(asyncio.to_thread(self.peer.blobs.put_verified, record.blob_digest, data))
         if len(data) != record.blob_size:
             raise UpdateRejected("size_mismatch", f"blob is {len(data)} bytes, record says {record.blob_size}")
         try:
@@ -154,19 +157,18 @@ class UpdateIntake:
     async def _is_signed_blob(data: bytes, record: UpdateRecord) -> bool:
         return len(data) == record.blob_size and await run_sized(len(data), tensors.digest, data) == record.blob_digest
 
-    async def _fetch(self, record: UpdateRecord) -> bytes:
+    async def _fetch(self, record: UpdateRecord) -> memoryview:
         net = self.config.network
         try:
             providers = [parse_hostport(p) for p in record.providers]
         except ValueError as exc:
             raise UpdateRejected("bad_provider", str(exc)) from None
         try:
-            await fetch_from_any(providers, record.blob_digest, self.peer.blobs,
-                                 max_bytes=net.max_message_size, timeout=net.timeout)
+            return await fetch_verified(providers, record.blob_digest, self.peer.blobs,
+                                        max_bytes=net.max_message_size, timeout=net.timeout)
         except BlobError as exc:
             reason = {"tampered": "tampered_blob", "oversize": "oversize"}.get(exc.reason, "blob_unavailable")
             raise UpdateRejected(reason, str(exc)) from None
-        return await asyncio.to_thread(self.peer.blobs.read_bytes, record.blob_digest)
 
     def _reject(self, round_number: int, signer: bytes | None, name: str, rejection: UpdateRejected) -> None:
         """Count every refusal; record it in the database unless it is junk past a cap.

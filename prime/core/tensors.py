@@ -3,18 +3,25 @@
 Wire format: the raw safetensors bytes, or ``b"PRZ1"`` + zlib stream when
 compression is on. Decoding is size-capped before and during decompression.
 
-Encoding writes the safetensors layout itself (header, then each tensor's bytes) with
-one ``bytes.join`` over views of the tensors: one copy of the data, where
-``safetensors.torch.save`` makes two. The bytes are identical to what ``save`` writes
-(same tensor order, same header, same padding; a unit test holds it to that), and
-anything it does not handle (exotic dtypes, odd names) goes through ``save``.
+Encoding writes the safetensors layout itself (header, then each tensor's bytes):
+:func:`encode_parts` returns the header and views of the tensors, no copy at all, for
+callers that hash and write them piece by piece; :func:`encode_state` joins them (one
+copy, where ``safetensors.torch.save`` makes two). The bytes are identical to what
+``save`` writes (same tensor order, same header, same padding; a unit test holds it to
+that), and anything it does not handle (exotic dtypes, odd names) goes through ``save``.
+
+Decoding a writable buffer (a received blob's private mapping) is zero-copy: the header
+is checked as strictly as safetensors checks it, then each tensor is a view of the
+buffer. Read-only buffers (``bytes``) are copied out by safetensors.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import zlib
+from collections.abc import Sequence
 
 import torch
 from safetensors import SafetensorError
@@ -50,8 +57,14 @@ def _plain_name(name: str) -> bool:
     return name.isascii() and name.isprintable() and '"' not in name and "\\" not in name
 
 
-def _safetensors_bytes(clean: StateDict) -> bytes | None:
-    """``safetensors.torch.save(clean)``, byte for byte, with one copy; None if out of scope."""
+_DTYPES_BY_NAME: dict[str, torch.dtype] = {name: dtype for dtype, (name, _) in _ST_DTYPES.items()}
+#: safetensors' own bound on the JSON header.
+_MAX_HEADER_BYTES = 100_000_000
+Buffer = bytes | bytearray | memoryview
+
+
+def _safetensors_parts(clean: StateDict) -> list[Buffer] | None:
+    """``safetensors.torch.save(clean)`` as header + tensor views (no copy); None if out of scope."""
     if not all(v.dtype in _ST_DTYPES and v.layout == torch.strided and _plain_name(k) for k, v in clean.items()):
         return None
     order = sorted(clean, key=lambda k: (-_ST_DTYPES[clean[k].dtype][1], k))
@@ -67,19 +80,32 @@ def _safetensors_bytes(clean: StateDict) -> bytes | None:
         offset += data.nbytes
     head = json.dumps(header, separators=(",", ":")).encode()
     head += b" " * (-(8 + len(head)) % 8)  # safetensors pads the header to 8-byte alignment
-    return b"".join([len(head).to_bytes(8, "little"), head, *views])
+    return [len(head).to_bytes(8, "little") + head, *views]
+
+
+def encode_parts(state: StateDict, *, compress: bool = False) -> list[Buffer]:
+    """:func:`encode_state`'s bytes as a list of pieces, views of the tensors where possible.
+
+    The views stay valid while ``state``'s tensors are alive and unchanged.
+    """
+    clean = {k: v.detach().to("cpu").contiguous().clone() if v.is_shared() or not v.is_contiguous() else v.detach().to("cpu")
+             for k, v in state.items()}
+    parts = _safetensors_parts(clean)
+    if parts is None:
+        parts = [st_save(clean)]
+    if compress:
+        return [_ZLIB_MAGIC + zlib.compress(b"".join(parts), 1)]
+    return parts
 
 
 def encode_state(state: StateDict, *, compress: bool = False) -> bytes:
     """Serialize tensors (detached, contiguous, CPU) to safetensors bytes."""
-    clean = {k: v.detach().to("cpu").contiguous().clone() if v.is_shared() or not v.is_contiguous() else v.detach().to("cpu")
-             for k, v in state.items()}
-    raw = _safetensors_bytes(clean)
-    if raw is None:
-        raw = st_save(clean)
-    if compress:
-        return _ZLIB_MAGIC + zlib.compress(raw, 1)
-    return raw
+    parts = encode_parts(state, compress=compress)
+    return parts[0] if len(parts) == 1 and isinstance(parts[0], bytes) else b"".join(parts)
+
+
+def parts_size(parts: Sequence[Buffer]) -> int:
+    return sum(memoryview(p).nbytes for p in parts)
 
 
 def decode_state(data: bytes, *, max_bytes: int) -> StateDict:
@@ -97,9 +123,68 @@ def decode_state(data: bytes, *, max_bytes: int) -> StateDict:
         if not inflater.eof:
             raise DecodeError("compressed tensor blob is truncated")
         data = raw
+    view = memoryview(data)
+    if not view.readonly and view.contiguous and view.format in ("B", "b", "c"):
+        return _view_tensors(view.cast("B"))
     try:
         return st_load(bytes(data))
     except (SafetensorError, ValueError, RuntimeError, OverflowError) as exc:
         raise DecodeError(f"not a safetensors blob: {exc}") from None
     except Exception as exc:  # safetensors raises a few bare types on garbage
         raise DecodeError(f"not a safetensors blob: {type(exc).__name__}: {exc}") from None
+
+
+def _view_tensors(buf: memoryview) -> StateDict:
+    """Tensors that are views of ``buf`` (safetensors layout), after checking the header as
+    strictly as safetensors does: known dtypes, sizes that match shapes, offsets that tile
+    the data exactly, nothing outside the buffer."""
+    if len(buf) < 8:
+        raise DecodeError("not a safetensors blob: shorter than its length prefix")
+    head_len = int.from_bytes(buf[:8], "little")
+    if head_len > min(_MAX_HEADER_BYTES, len(buf) - 8):
+        raise DecodeError(f"not a safetensors blob: header length {head_len} is out of bounds")
+    try:
+        header = json.loads(bytes(buf[8:8 + head_len]))
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise DecodeError(f"not a safetensors blob: header is not JSON: {exc}") from None
+    if not isinstance(header, dict):
+        raise DecodeError("not a safetensors blob: header is not an object")
+    metadata = header.pop("__metadata__", {})
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise DecodeError("not a safetensors blob: __metadata__ must map strings to strings")
+    start = 8 + head_len
+    body = len(buf) - start
+    spans: list[tuple[int, int, str, torch.dtype, list[int]]] = []
+    for name, entry in header.items():
+        if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
+            raise DecodeError(f"not a safetensors blob: bad entry for {name!r}")
+        dtype, shape, offsets = _DTYPES_BY_NAME.get(entry["dtype"]), entry["shape"], entry["data_offsets"]
+        if dtype is None:
+            raise DecodeError(f"not a safetensors blob: unknown dtype {entry['dtype']!r} for {name!r}")
+        if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
+            raise DecodeError(f"not a safetensors blob: bad shape for {name!r}")
+        if (not isinstance(offsets, list) or len(offsets) != 2 or not all(type(o) is int for o in offsets)
+                or not 0 <= offsets[0] <= offsets[1] <= body):
+            raise DecodeError(f"not a safetensors blob: bad data offsets for {name!r}")
+        if offsets[1] - offsets[0] != math.prod(shape) * dtype.itemsize:
+            raise DecodeError(f"not a safetensors blob: {name!r} has {offsets[1] - offsets[0]} bytes for shape {shape}")
+        spans.append((offsets[0], offsets[1], name, dtype, shape))
+    spans.sort()
+    covered = 0
+    for begin, end, name, _, _ in spans:
+        if begin != covered:
+            raise DecodeError(f"not a safetensors blob: data of {name!r} does not follow the previous tensor's")
+        covered = end
+    if covered != body:
+        raise DecodeError(f"not a safetensors blob: tensors cover {covered} of {body} data bytes")
+    state: StateDict = {}
+    for begin, end, name, dtype, shape in spans:
+        offset = start + begin
+        if end == begin:
+            state[name] = torch.empty(shape, dtype=dtype)
+        elif offset % dtype.itemsize:  # misaligned for its dtype: copy it out instead of viewing
+            raw = torch.frombuffer(bytearray(buf[offset:start + end]), dtype=torch.uint8)
+            state[name] = raw.view(dtype).reshape(shape)
+        else:
+            state[name] = torch.frombuffer(buf, dtype=dtype, count=math.prod(shape), offset=offset).reshape(shape)
+    return state

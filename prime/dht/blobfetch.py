@@ -1,29 +1,31 @@
 """Blob fetching, client side: stream a blob by digest, verify it while it arrives.
 
-The client refuses a size over its cap before reading a byte, hashes while it writes
-into a temp file, and only a blob whose SHA-256 matches is renamed into the store.
-The kernel copies the body straight into a few reusable batch buffers; a worker thread
-hashes and writes each full batch while the next fills, and the fsync runs off the
-loop too. Reading pauses while every buffer waits for the worker. Wire format:
-``prime.dht.blobwire``; server: ``prime.dht.blobservice``.
+The client refuses a size over its cap before reading a byte; then the kernel copies
+the body straight into memory, a worker thread hashes each complete segment while the
+next arrives, and only bytes whose SHA-256 matches are handed on: to the caller
+(:func:`fetch_verified`, writable, so tensors decode from them without a copy) or into
+the store (:func:`fetch_blob`). Wire format: ``prime.dht.blobwire``; server:
+``prime.dht.blobservice``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
-import contextlib
+import hashlib
 import logging
-from collections.abc import Iterable
+import mmap
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
+from typing import TypeVar
 
 from prime.core.errors import BlobError, DecodeError
-from prime.dht.blobstore import BlobStore, BlobWriter, check_digest
+from prime.core.offload import run_sized
+from prime.dht.blobstore import BlobStore, check_digest
 from prime.dht.blobwire import (
     DEFAULT_MAX_BLOB_BYTES,
     DEFAULT_TIMEOUT_S,
+    HASH_SEGMENT_BYTES,
     LEN_BYTES,
-    WRITE_BATCH_BYTES,
     Address,
     BlobStatus,
     decode_response_header,
@@ -32,6 +34,7 @@ from prime.dht.blobwire import (
 )
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 async def fetch_blob(
     host: str,
@@ -49,6 +52,16 @@ async def fetch_blob(
     check_digest(digest)
     if store.has(digest):
         return store.path(digest)
+    data = await fetch_bytes(host, port, digest, max_bytes=max_bytes, timeout=timeout)
+    return await asyncio.to_thread(store.put_verified, digest, data)
+
+
+async def fetch_bytes(
+    host: str, port: int, digest: str, *, max_bytes: int = DEFAULT_MAX_BLOB_BYTES, timeout: float = DEFAULT_TIMEOUT_S,
+) -> memoryview:
+    """Fetch ``digest`` from one provider into memory: its verified bytes, writable (tensors
+    decode from them as views); ``BlobError`` on any failure. Nothing is written to disk."""
+    check_digest(digest)
     where = f"{host}:{port}"
     loop = asyncio.get_running_loop()
     receiver = _Receiver(encode_request(digest))
@@ -58,7 +71,7 @@ async def fetch_blob(
     except (OSError, TimeoutError) as exc:
         raise BlobError(f"cannot connect to blob provider {where}: {exc or 'timed out'}") from None
     try:
-        await _receive(receiver, digest, store, where, max_bytes, timeout)
+        return await _receive(receiver, digest, where, max_bytes, timeout)
     except TimeoutError:
         raise BlobError(f"blob provider {where} stalled for more than {timeout}s on {digest}") from None
     except asyncio.IncompleteReadError as exc:
@@ -69,12 +82,9 @@ async def fetch_blob(
         raise BlobError(f"blob provider {where} sent a malformed header: {exc}") from None
     finally:
         await receiver.close()
-    return store.path(digest)
 
 
-async def _receive(
-    receiver: "_Receiver", digest: str, store: BlobStore, where: str, max_bytes: int, timeout: float
-) -> None:
+async def _receive(receiver: "_Receiver", digest: str, where: str, max_bytes: int, timeout: float) -> memoryview:
     async with asyncio.timeout(timeout):
         status, size = await receiver.header
     if status is not BlobStatus.OK:
@@ -82,51 +92,28 @@ async def _receive(
     if size > max_bytes:
         raise BlobError(f"blob {digest} at {where} is {size} bytes, over the {max_bytes}-byte limit; not fetched",
                         reason="oversize")
-    with store.open_writer(expected_digest=digest, max_bytes=size) as blob:
-        # The loop only receives (straight into batch buffers); a worker thread hashes and
-        # writes each full batch while the next one fills.
-        writing: asyncio.Future[None] | None = None
-        try:
-            receiver.accept_body(size)
-            received = 0
-            while received < size:
-                batch = await receiver.next_batch(timeout)
-                if writing is not None:
-                    await writing
-                writing = asyncio.ensure_future(asyncio.to_thread(_write_batch, blob, batch, receiver))
-                received += len(batch)
-            if writing is not None:
-                await writing
-                writing = None
-            try:
-                await asyncio.to_thread(blob.commit)
-            except BlobError as exc:
-                raise BlobError(f"blob from {where} failed verification: {exc}", reason="tampered") from None
-        finally:
-            if writing is not None:  # never discard the temp file under a thread still writing to it
-                await asyncio.shield(_settle(writing))
-
-
-def _write_batch(blob: BlobWriter, batch: memoryview, receiver: "_Receiver") -> None:
-    try:
-        blob.write(batch)
-    finally:
-        receiver.release_threadsafe(batch)
-
-
-async def _settle(future: asyncio.Future[None]) -> None:
-    with contextlib.suppress(Exception):
-        await future
+    # The kernel copies the body straight into anonymous memory (a file mapping would make
+    # every page a dirty page-cache page, throttled to the disk's pace); a worker thread
+    # hashes each complete segment while the next ones arrive.
+    body = memoryview(mmap.mmap(-1, size) if size else bytearray())
+    receiver.accept_body(body)
+    hasher = hashlib.sha256()
+    hashed = 0
+    while hashed < size:
+        filled = await receiver.filled_past(min(size, hashed + HASH_SEGMENT_BYTES), timeout)
+        await run_sized(filled - hashed, hasher.update, body[hashed:filled])
+        hashed = filled
+    if (actual := hasher.hexdigest()) != digest:
+        raise BlobError(f"blob from {where} failed verification: digest mismatch: expected {digest}, "
+                        f"received bytes hash to {actual}", reason="tampered")
+    return body
 
 
 class _Receiver(asyncio.BufferedProtocol):
     """The client end of one fetch: sends the request, parses the header, then lets the
-    kernel copy the body straight into a few reusable batch buffers (no per-chunk
-    ``bytes`` objects). Reading pauses while every buffer waits to be hashed and written:
-    that is the back-pressure on the provider.
+    kernel copy the body straight into its destination: no per-chunk ``bytes`` objects,
+    no copies, and no pausing, since every byte has its place.
     """
-
-    _BUFFERS = 3
 
     def __init__(self, request: bytes) -> None:
         self._loop = asyncio.get_running_loop()
@@ -136,15 +123,10 @@ class _Receiver(asyncio.BufferedProtocol):
         self._prefix = bytearray(LEN_BYTES)
         self._frame: bytearray | None = None  # the header frame, once the prefix gave its length
         self._head_filled = 0  # bytes of the prefix, then of the frame
-        self._body_left = -1  # bytes of body still to come; -1 until accept_body
-        self._batch_size = 0
-        self._buffers = 0
-        self._free: list[bytearray] = []
-        self._current: bytearray | None = None
-        self._filled = 0
-        self._ready: collections.deque[memoryview] = collections.deque()
+        self._target: memoryview | None = None  # where the body goes, once accepted
+        self.filled = 0  # body bytes received
+        self._wanted = 0  # wake the fetching task once this many have arrived
         self._waiter: asyncio.Future[None] | None = None
-        self._paused = False
         self._ended: BaseException | None = None  # why no more bytes will come
         self._progress = self._loop.time()
         self._discard = bytearray(64 * 1024)  # anything a provider sends past the body
@@ -158,13 +140,9 @@ class _Receiver(asyncio.BufferedProtocol):
     def get_buffer(self, sizehint: int) -> memoryview:
         if not self.header.done():
             return memoryview(self._prefix if self._frame is None else self._frame)[self._head_filled:]
-        if self._body_left <= 0 or self._ended is not None:
+        if self._target is None or self.filled >= len(self._target) or self._ended is not None:
             return memoryview(self._discard)
-        if self._current is None:
-            self._current = self._free.pop() if self._free else bytearray(self._batch_size)
-            self._filled = 0
-        end = min(len(self._current), self._filled + self._body_left)
-        return memoryview(self._current)[self._filled:end]
+        return self._target[self.filled:]
 
     def buffer_updated(self, nbytes: int) -> None:
         self._progress = self._loop.time()
@@ -172,18 +150,11 @@ class _Receiver(asyncio.BufferedProtocol):
             self._head_filled += nbytes
             self._header_progress()
             return
-        if self._body_left <= 0 or self._current is None:
+        if self._target is None or self.filled >= len(self._target):
             return  # past the body: ignored
-        self._filled += nbytes
-        self._body_left -= nbytes
-        if self._filled == len(self._current) or self._body_left == 0:
-            self._ready.append(memoryview(self._current)[: self._filled])
-            self._current = None
+        self.filled += nbytes
+        if self.filled >= self._wanted:
             self._wake()
-            if self._body_left > 0 and not self._free and self._buffers >= self._BUFFERS:
-                self._pause()
-            elif self._body_left > 0 and not self._free:
-                self._buffers += 1  # get_buffer allocates it
 
     def eof_received(self) -> bool:
         self._end(asyncio.IncompleteReadError(b"", None))
@@ -194,16 +165,16 @@ class _Receiver(asyncio.BufferedProtocol):
 
     # -- the fetching task's side ---------------------------------------------------------
 
-    def accept_body(self, size: int) -> None:
-        """The header was acceptable: start taking ``size`` body bytes."""
-        self._body_left = size
-        self._batch_size = max(1, min(WRITE_BATCH_BYTES, size))
-        self._buffers = 1
+    def accept_body(self, target: memoryview) -> None:
+        """The header was acceptable: receive the body into ``target`` (its exact size)."""
+        self._target = target
         self._resume()
 
-    async def next_batch(self, timeout: float) -> memoryview:
-        """The next filled batch; ``TimeoutError`` after ``timeout`` s without a byte arriving."""
-        while not self._ready:
+    async def filled_past(self, wanted: int, timeout: float) -> int:
+        """Body bytes received, once at least ``wanted``; ``TimeoutError`` after ``timeout`` s
+        without a byte arriving."""
+        self._wanted = wanted
+        while self.filled < wanted:
             if self._ended is not None:
                 raise self._ended
             self._waiter = self._loop.create_future()
@@ -218,17 +189,14 @@ class _Receiver(asyncio.BufferedProtocol):
                     raise
             finally:
                 self._waiter = None
-        return self._ready.popleft()
-
-    def release_threadsafe(self, batch: memoryview) -> None:
-        """A batch is hashed and written (called on the worker thread): reuse its buffer."""
-        self._loop.call_soon_threadsafe(self._release, batch)
+        return self.filled
 
     async def close(self) -> None:
         if not self.header.done():
             self.header.cancel()
         elif not self.header.cancelled():
             self.header.exception()  # seen (the caller raised it or moved past it)
+        self._target = None
         if self._transport is not None and not self._transport.is_closing():
             self._transport.close()
 
@@ -249,14 +217,6 @@ class _Receiver(asyncio.BufferedProtocol):
             if self._transport is not None:
                 self._transport.close()
 
-    def _release(self, batch: memoryview) -> None:
-        buffer = batch.obj
-        batch.release()
-        if isinstance(buffer, bytearray) and len(buffer) == self._batch_size:
-            self._free.append(buffer)
-        if self._paused and self._body_left > 0 and self._ended is None:
-            self._resume()
-
     def _end(self, exc: BaseException) -> None:
         if self._ended is None:
             self._ended = exc
@@ -269,13 +229,11 @@ class _Receiver(asyncio.BufferedProtocol):
             self._waiter.set_result(None)
 
     def _pause(self) -> None:
-        if self._transport is not None and not self._paused:
-            self._paused = True
+        if self._transport is not None:
             self._transport.pause_reading()
 
     def _resume(self) -> None:
-        if self._transport is not None and self._paused:
-            self._paused = False
+        if self._transport is not None:
             self._progress = self._loop.time()  # time spent paused was ours, not a stalled provider's
             self._transport.resume_reading()
 
@@ -292,11 +250,18 @@ async def fetch_from_any(
     check_digest(digest)
     if store.has(digest):
         return store.path(digest)
+    return await _from_any(providers, digest, lambda host, port: fetch_blob(
+        host, port, digest, store, max_bytes=max_bytes, timeout=timeout))
+
+
+async def _from_any(providers: Iterable[Address], digest: str,
+                    fetch: Callable[[str, int], Awaitable[T]]) -> T:
+    """``fetch`` from each provider in turn until one delivers; else say why each failed."""
     failures: list[str] = []
     reasons: set[str] = set()
     for host, port in providers:
         try:
-            return await fetch_blob(host, port, digest, store, max_bytes=max_bytes, timeout=timeout)
+            return await fetch(host, port)
         except BlobError as exc:
             log.info("blob %s not fetched from %s:%s: %s", digest, host, port, exc)
             failures.append(f"{host}:{port}: {exc}")
@@ -304,3 +269,26 @@ async def fetch_from_any(
     detail = "; ".join(failures) if failures else "no providers given"
     reason = reasons.pop() if len(reasons) == 1 else "unavailable"
     raise BlobError(f"could not fetch blob {digest} from any of {len(failures)} providers: {detail}", reason=reason)
+
+
+async def fetch_verified(
+    providers: Iterable[Address],
+    digest: str,
+    store: BlobStore,
+    *,
+    max_bytes: int = DEFAULT_MAX_BLOB_BYTES,
+    timeout: float = DEFAULT_TIMEOUT_S,
+) -> memoryview:
+    """The blob's verified, writable bytes (tensors decode from them as views): the copy in
+    ``store`` (re-verified; a corrupt one is discarded), else fetched from the first of
+    ``providers`` that delivers it (verified as it arrives). A fetched blob is not stored:
+    ``store.put_verified`` it, off the critical path, if it must be kept."""
+    check_digest(digest)
+    if store.has(digest):
+        try:
+            return await asyncio.to_thread(store.map_private, digest)
+        except BlobError as exc:
+            log.warning("%s; fetching it again", exc)
+            store.discard(digest)
+    return await _from_any(providers, digest, lambda host, port: fetch_bytes(
+        host, port, digest, max_bytes=max_bytes, timeout=timeout))

@@ -1,17 +1,24 @@
 """Content-addressed blob store on local disk: a blob's name is its SHA-256.
 
 Model and update tensors travel out of band as blobs; DHT records only point at
-them by digest. Every write goes to a temp file that is hashed while written,
-fsynced, and renamed into place, so a reader never sees a partial or unverified
-blob (DESIGN invariant 5), and a crash leaves at most a stray temp file.
+them by digest. Every write goes to a temp file that is hashed while written and
+renamed into place only once its digest checks, so a reader never sees a partial or
+unverified blob (DESIGN invariant 5), and a crash leaves at most a stray temp file.
+
+Blobs this node creates (``put_bytes``/``put_parts``/``put_file``: its models, its
+updates, checkpoints) are fsynced before the rename: a database may point at them.
+Blobs received from elsewhere (``put_verified``) are not: the network is their backup,
+every read re-verifies (:meth:`BlobStore.read_bytes`, :meth:`BlobStore.map_private`),
+and a corrupt one is discarded and fetched again.
 
 The API is synchronous disk I/O. From async code, large ``put_*``/``read_bytes``
 calls belong in ``asyncio.to_thread``; the blob service streams per chunk instead.
 
 Large blobs hash and move bytes on two threads at once (hashlib and file I/O both
-release the GIL): ``put_bytes`` hashes while a helper thread writes and fsyncs, and
-``read_bytes`` re-hashes the file through a read-only mapping while it copies it out,
-so each costs about one SHA-256 pass instead of a hash plus a copy plus an fsync.
+release the GIL): ``put_parts`` hashes the pieces of a blob (a header and views of
+tensors: never joined into one buffer) while a helper thread writes and fsyncs them,
+and ``read_bytes`` re-hashes the file through a read-only mapping while it copies it
+out, so each costs about one SHA-256 pass instead of a hash plus a copy plus an fsync.
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ import re
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO
@@ -124,14 +131,15 @@ class BlobWriter:
         self._file.flush()
         os.fsync(self._file.fileno())
 
-    def _write_synced(self, data: memoryview) -> None:
+    def _write_synced(self, parts: Sequence[memoryview]) -> None:
         """Write and fsync without hashing (the caller hashes the same bytes in parallel)."""
         if self._file is None:
             raise BlobError("blob writer is already closed")
-        self.bytes_written += len(data)
+        self.bytes_written += sum(len(p) for p in parts)
         if self._max_bytes is not None and self.bytes_written > self._max_bytes:
             raise BlobError(f"blob exceeds the {self._max_bytes}-byte limit")
-        self._file.write(data)
+        for part in parts:
+            self._file.write(part)
         self._sync()
 
     def _publish(self, digest: str) -> str:
@@ -171,6 +179,13 @@ class BlobWriter:
             self.abort()
 
 
+def _sha256(views: Sequence[memoryview]) -> str:
+    hasher = hashlib.sha256()
+    for view in views:
+        hasher.update(view)
+    return hasher.hexdigest()
+
+
 class BlobStore:
     """Blobs under ``root/objects/<2 hex>/<digest>``; temp files under ``root/tmp``."""
 
@@ -201,18 +216,41 @@ class BlobStore:
         return BlobWriter(self, expected_digest, max_bytes)
 
     def put_bytes(self, data: bytes | bytearray | memoryview) -> str:
-        view = memoryview(data).cast("B")
-        if len(view) < _PARALLEL_MIN_BYTES:
-            digest = hashlib.sha256(view).hexdigest()
+        return self.put_parts([data])
+
+    def put_parts(self, parts: Sequence[bytes | bytearray | memoryview]) -> str:
+        """Store the concatenation of ``parts`` (never joined in memory); return its digest."""
+        views = [memoryview(p).cast("B") for p in parts]
+        if sum(len(v) for v in views) < _PARALLEL_MIN_BYTES:
+            digest = _sha256(views)
             if self.has(digest):
                 return digest
             with self.open_writer(expected_digest=digest) as writer:
-                writer.write(view)
+                for view in views:
+                    writer.write(view)
                 return writer.commit()
         # Large: hash here while the helper writes and fsyncs; a duplicate is dropped at publish.
         with self.open_writer() as writer:
-            digest = _alongside(lambda: writer._write_synced(view), lambda: hashlib.sha256(view).hexdigest())
+            digest = _alongside(lambda: writer._write_synced(views), lambda: _sha256(views))
             return writer._publish(digest)
+
+    def put_verified(self, digest: str, data: bytes | bytearray | memoryview) -> Path:
+        """Keep a blob received from elsewhere whose bytes the caller checked against ``digest``:
+        written and renamed into place without hashing again or fsyncing (module docstring)."""
+        final = self._blob_path(digest)
+        if final.exists():
+            return final
+        fd, name = tempfile.mkstemp(dir=self.tmp_dir, prefix="blob-", suffix=".part")
+        try:
+            with os.fdopen(fd, "wb") as file:
+                file.write(data)
+            final.parent.mkdir(exist_ok=True)
+            os.chmod(name, 0o444)
+            os.replace(name, final)
+        except BaseException:
+            Path(name).unlink(missing_ok=True)
+            raise
+        return final
 
     def put_file(self, path: str | os.PathLike[str]) -> str:
         """Copy a file in, streaming (never holds the whole file in memory)."""
@@ -237,6 +275,25 @@ class BlobStore:
 
     def size(self, digest: str) -> int:
         return self.path(digest).stat().st_size
+
+    def map_private(self, digest: str, *, verify: bool = True) -> memoryview:
+        """The blob as a private, writable mapping of its file: no copy (pages are shared with
+        the page cache until written), so tensors decoded from it are views. Re-verified unless
+        ``verify`` is False (the caller verified it as it arrived)."""
+        with open(self.path(digest), "rb") as file:
+            size = os.fstat(file.fileno()).st_size
+            if size == 0:
+                mapped: mmap.mmap | bytearray = bytearray()
+            else:
+                mapped = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_COPY)
+        view = memoryview(mapped)
+        if verify and (actual := _sha256([view])) != digest:
+            raise BlobError(f"blob {digest} is corrupt on disk (its bytes hash to {actual}); delete and refetch it")
+        return view
+
+    def discard(self, digest: str) -> None:
+        """Remove a blob (a corrupt copy, so it can be fetched again)."""
+        self._blob_path(digest).unlink(missing_ok=True)
 
     def read_bytes(self, digest: str) -> bytes:
         """The blob's bytes, re-verified against its digest (disks rot; files get edited)."""

@@ -23,8 +23,8 @@ from prime.dht.blobstore import check_digest, is_digest
 
 log = logging.getLogger(__name__)
 
-#: The client hands received bytes to its hashing/writing thread in batches of this much.
-WRITE_BATCH_BYTES = 4 * 1024 * 1024
+#: The client hashes a received body in segments of this much while the rest arrives.
+HASH_SEGMENT_BYTES = 4 * 1024 * 1024
 #: The server hands the kernel this much per ``sendfile``; a client must take each within ``timeout``.
 SEND_SEGMENT_BYTES = 4 * 1024 * 1024
 MAX_FRAME_BYTES = 256

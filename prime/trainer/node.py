@@ -36,7 +36,7 @@ from prime.core.records import (
     dht_update_name,
     freshness_error,
 )
-from prime.dht.blobfetch import fetch_from_any
+from prime.dht.blobfetch import fetch_verified
 from prime.dht.peer import Peer
 from prime.telemetry import METRICS_FILE, MetricsFile
 from prime.trainer.checkpoint import AUTO_PREFIX, CheckpointStore
@@ -320,8 +320,9 @@ class TrainerNode:
                 self.engine.train_epochs, global_state, self.config.federated.local_epochs
             )
             train_seconds = time.perf_counter() - train_started
-            blob = await run_sized(state_bytes(delta), tensors.encode_state, delta, compress=net.enable_compression)
-            digest = await asyncio.to_thread(self.peer.blobs.put_bytes, blob)
+            parts = await run_sized(state_bytes(delta), tensors.encode_parts, delta, compress=net.enable_compression)
+            digest = await asyncio.to_thread(self.peer.blobs.put_parts, parts)
+            size = tensors.parts_size(parts)
         except PrimeError as exc:
             log.error("round %d abandoned: %s", ann.round, exc)
             return
@@ -336,7 +337,7 @@ class TrainerNode:
             model_version=ann.model_version,
             node_name=self.node_id[:64],
             blob_digest=digest,
-            blob_size=len(blob),
+            blob_size=size,
             num_samples=metrics.num_samples,
             metrics={"loss": metrics.loss, "accuracy": metrics.accuracy, "train_seconds": train_seconds},
             providers=[self.peer.address_str],
@@ -344,7 +345,7 @@ class TrainerNode:
             expires=now + self.config.security.record_ttl,
         )
         sealed = record.seal(self.identity).to_bytes()
-        await self._publish_update(ann.round, sealed, blob if len(blob) <= net.inline_blob_max_bytes else None)
+        await self._publish_update(ann.round, sealed, b"".join(parts) if size <= net.inline_blob_max_bytes else None)
         self.last_submitted_round = ann.round
         self._last_update = record
         if self.rounds_trained % self.config.fault_tolerance.checkpoint_interval == 0:
@@ -352,7 +353,7 @@ class TrainerNode:
         log.info("round %d: trained %d samples, loss %.4f, acc %.3f, update %s…",
                  ann.round, metrics.num_samples, metrics.loss, metrics.accuracy, digest[:12])
 
-    async def _model_bytes(self, ann: RoundAnnouncement, inline: bytes | None) -> bytes:
+    async def _model_bytes(self, ann: RoundAnnouncement, inline: bytes | None) -> bytes | memoryview:
         """The announced model: the inline copy if it is the signed one, else fetched by digest."""
         if inline is not None:
             if len(inline) == ann.model_size and await run_sized(len(inline), tensors.digest, inline) == ann.model_digest:
@@ -361,13 +362,13 @@ class TrainerNode:
             self._drop("bad_inline_model", f"round {ann.round}: inline bytes do not match the signed digest")
         net = self.config.network
         providers = [parse_hostport(p) for p in ann.providers]
-        await with_retries(
-            lambda: fetch_from_any(providers, ann.model_digest, self.peer.blobs,
+        data = await with_retries(
+            lambda: fetch_verified(providers, ann.model_digest, self.peer.blobs,
                                    max_bytes=net.max_message_size, timeout=net.timeout),
             what=f"fetching model v{ann.model_version}", max_retries=self.config.fault_tolerance.max_retries,
         )
         self.model_sources["fetched"] += 1
-        return await asyncio.to_thread(self.peer.blobs.read_bytes, ann.model_digest)
+        return data
 
     async def _publish_update(self, round_number: int, sealed: bytes, inline: bytes | None) -> None:
         """The bus notice (the fast path, the blob inline if small) now; the DHT pointer (the

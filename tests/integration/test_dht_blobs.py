@@ -13,7 +13,7 @@ import pytest
 
 from prime.core import encoding
 from prime.core.errors import BlobError
-from prime.dht.blobfetch import fetch_blob, fetch_from_any
+from prime.dht.blobfetch import fetch_blob, fetch_from_any, fetch_verified
 from prime.dht.blobservice import BlobServer
 from prime.dht.blobwire import encode_frame, encode_request
 from prime.dht.blobstore import BlobStore
@@ -191,3 +191,26 @@ async def test_provider_with_malformed_header(local: BlobStore) -> None:
 async def test_invalid_digest_refused_without_network(local: BlobStore) -> None:
     with pytest.raises(BlobError, match="invalid blob digest"):
         await fetch_blob("127.0.0.1", 1, "../etc/passwd", local)
+
+
+async def test_fetch_verified_hands_over_writable_bytes_and_stores_nothing(
+    tampered: BlobServer, honest: BlobServer, local: BlobStore
+) -> None:
+    data = await fetch_verified([tampered.address, honest.address], DIGEST, local, timeout=5)
+    assert bytes(data) == BLOB and not data.readonly
+    assert nothing_left(local)  # the caller decides whether to keep it (put_verified)
+    path = await asyncio.to_thread(local.put_verified, DIGEST, data)
+    assert path == local.path(DIGEST) and await asyncio.to_thread(local.read_bytes, DIGEST) == BLOB
+
+
+async def test_fetch_verified_replaces_a_copy_that_rotted_on_disk(honest: BlobServer, local: BlobStore) -> None:
+    path = local.put_verified(DIGEST, BLOB)
+    path.chmod(0o644)
+    path.write_bytes(b"\x00" + BLOB[1:])
+    data = await fetch_verified([honest.address], DIGEST, local, timeout=5)
+    assert bytes(data) == BLOB and honest.metrics.served == 1
+    assert not local.has(DIGEST)  # the rotten copy is gone
+    # an intact copy is used without the network, re-verified, as a private mapping
+    local.put_verified(DIGEST, BLOB)
+    again = await fetch_verified([("127.0.0.1", 1)], DIGEST, local, timeout=5)
+    assert bytes(again) == BLOB and not again.readonly and honest.metrics.served == 1

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import math
 import zlib
 
 import pytest
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -15,6 +17,7 @@ from prime.core.errors import DecodeError
 from prime.core.identity import Identity
 from prime.core.records import RoundAnnouncement, RoundCommitted, UpdateRecord
 from prime.core.tensors import decode_state
+from safetensors.torch import load as safetensors_load
 
 SETTINGS = settings(max_examples=200, deadline=None)
 ID = Identity.from_seed(b"f" * 32)
@@ -154,3 +157,53 @@ def test_parcel_shaped_input(fields):
     except DecodeError:
         return
     assert isinstance(envelope, bytes) and isinstance(blob, bytes) and len(blob) <= 64
+
+
+@st.composite
+def almost_safetensors(draw) -> bytes:
+    """A valid safetensors layout, then maybe one field bent (shape, offsets, dtype, lengths)."""
+    names = draw(st.lists(st.text("abc.", min_size=1, max_size=4), unique=True, max_size=4))
+    sizes = {"F32": 4, "F16": 2, "I64": 8, "U8": 1, "BOOL": 1, "F64": 8}
+    header, offset = {}, 0
+    for name in names:
+        dtype = draw(st.sampled_from(sorted(sizes)))
+        shape = draw(st.lists(st.integers(0, 3), max_size=3))
+        nbytes = sizes[dtype] * (math.prod(shape))
+        header[name] = {"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
+    body = bytearray(draw(st.binary(min_size=offset, max_size=offset)))
+    for entry in header.values():  # bools must be 0/1 for both decoders to agree byte for byte
+        if entry["dtype"] == "BOOL":
+            begin, end = entry["data_offsets"]
+            body[begin:end] = bytes(b & 1 for b in body[begin:end])
+    if names and draw(st.booleans()):
+        entry = header[draw(st.sampled_from(names))]
+        field = draw(st.sampled_from(["dtype", "shape", "data_offsets"]))
+        entry[field] = draw({"dtype": st.sampled_from(["F32", "I8", "X1"]),
+                             "shape": st.lists(st.integers(-1, 4), max_size=3),
+                             "data_offsets": st.lists(st.integers(-1, offset + 2), min_size=1, max_size=3)}[field])
+    if draw(st.booleans()):
+        body += draw(st.binary(min_size=1, max_size=3))
+    text = json.dumps(header).encode()
+    text += b" " * draw(st.integers(0, 7))
+    return len(text).to_bytes(8, "little") + text + bytes(body)
+
+
+@settings(max_examples=400, deadline=None)
+@given(almost_safetensors())
+def test_zero_copy_decoder_agrees_with_safetensors(data):
+    """Decoding a writable buffer (views, no copy) accepts exactly what safetensors accepts, with equal tensors."""
+    try:
+        expected = safetensors_load(data)
+    except Exception:
+        expected = None
+    try:
+        got = decode_state(bytearray(data), max_bytes=1 << 16)
+    except DecodeError:
+        got = None
+    assert (got is None) == (expected is None), (data, got, expected)
+    if got is not None:
+        assert got.keys() == expected.keys()
+        for name, tensor in expected.items():
+            assert got[name].dtype == tensor.dtype and got[name].shape == tensor.shape
+            assert got[name].reshape(-1).view(torch.uint8).equal(tensor.reshape(-1).view(torch.uint8))

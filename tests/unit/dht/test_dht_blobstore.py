@@ -126,3 +126,43 @@ def test_stale_temp_files_removed_on_open(tmp_path: Path) -> None:
     os.utime(old, (0, 0))
     BlobStore(tmp_path)
     assert not old.exists() and fresh.exists()
+
+
+@pytest.mark.parametrize("sizes", [[0], [3, 0, 5], [3 * 1024 * 1024, 2 * 1024 * 1024 + 7]])
+def test_put_parts_stores_the_concatenation(tmp_path, sizes):
+    store = BlobStore(tmp_path)
+    parts = [os.urandom(n) for n in sizes]
+    joined = b"".join(parts)
+    digest = store.put_parts([memoryview(p) for p in parts])
+    assert digest == sha(joined) and store.read_bytes(digest) == joined
+
+
+def test_map_private_is_a_writable_copy_on_write_view(tmp_path):
+    store = BlobStore(tmp_path)
+    data = os.urandom(100_000)
+    digest = store.put_bytes(data)
+    view = store.map_private(digest)
+    assert bytes(view) == data and not view.readonly
+    view[0] ^= 0xFF  # private: the file is untouched
+    assert store.read_bytes(digest) == data
+
+
+def test_map_private_refuses_a_corrupt_file_and_discard_removes_it(tmp_path):
+    store = BlobStore(tmp_path)
+    digest = store.put_bytes(b"abc" * 1000)
+    path = store.path(digest)
+    path.chmod(0o644)
+    path.write_bytes(b"xbc" + b"abc" * 999)
+    with pytest.raises(BlobError, match="corrupt"):
+        store.map_private(digest)
+    assert bytes(store.map_private(digest, verify=False))[:3] == b"xbc"
+    store.discard(digest)
+    assert not store.has(digest)
+
+
+def test_put_verified_keeps_bytes_it_is_handed(tmp_path):
+    store = BlobStore(tmp_path)
+    data = os.urandom(1000)
+    path = store.put_verified(sha(data), data)
+    assert path.read_bytes() == data and store.put_verified(sha(data), b"ignored: already here") == path
+    assert list(store.tmp_dir.iterdir()) == []
