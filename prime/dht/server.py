@@ -9,7 +9,7 @@ matter at scale:
   answers with the truly closest contacts (:mod:`prime.dht.routing`). Together these
   made gets find every record at 1,024 nodes joined through 1-3 contacts. Refreshing
   every distance level on join as well (paper, section 2.3) was tried: no gain in
-  found records, and 20x the join traffic, so it is not done;
+  found records, and 20x the join time at 1,024 nodes, so it is not done;
 - a STORE goes to the k closest live peers, and returns as soon as ``quorum`` of them
   accepted (or one did and the rest are overdue); the other STOREs finish in the
   background as tracked tasks.
