@@ -3,7 +3,9 @@
 - :mod:`records`      signed, owner-bound, size- and TTL-capped pointer records
 - :mod:`storage`      Kademlia storage that keeps only valid records, within caps
 - :mod:`protocol`     Kademlia protocol that drops and counts malformed datagrams
-- :mod:`crawling`     value lookups that only accept verified records
+- :mod:`routing`      closest-first routing table, dead-peer memory, RTT estimate
+- :mod:`crawling`     lookups that wait on no dead peer; values accepted only if verified
+- :mod:`server`       joining, table refresh, quorum replication (kademlia.Server)
 - :mod:`node`         ``DHTNode``: put / get verified records
 - :mod:`blobstore`    content-addressed blobs on disk, written atomically
 - :mod:`blobservice`  blobs over TCP, streamed and verified while received

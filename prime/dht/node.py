@@ -1,9 +1,11 @@
 """DHTNode: a Kademlia peer that stores, serves and returns only verified records.
 
-Built on ``kademlia.Server`` with the hardened protocol and the validating storage
-plugged in. ``put`` signs a small pointer record under the caller's key; ``get``
-returns a value only after its signature, owner, key and lifetime have been checked,
-whether it came from local storage or from the network.
+Built on :class:`~prime.dht.server.PrimeServer` (``kademlia.Server`` with the
+hardened protocol, validating storage and lookups that wait on no dead peer).
+``put`` signs a small pointer record under the caller's key and returns once a
+quorum of the closest live peers accepted it; ``get`` returns a value only after its
+signature, owner, key and lifetime have been checked, whether it came from local
+storage or from the network.
 """
 
 from __future__ import annotations
@@ -17,8 +19,6 @@ from collections.abc import Iterable
 from types import TracebackType
 from typing import Any
 
-from kademlia.crawling import NodeSpiderCrawl
-from kademlia.network import Server
 from kademlia.node import Node
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -26,8 +26,8 @@ from prime.core.errors import DHTError
 from prime.core.identity import Identity
 from prime.dht.crawling import VerifiedValueCrawl
 from prime.dht.metrics import DHTMetrics
-from prime.dht.protocol import ValidatingProtocol
 from prime.dht.records import DHTRecord, InvalidRecord, dht_digest, dht_key, make_record, validate_record
+from prime.dht.server import PrimeServer
 from prime.dht.storage import StorageConfig, ValidatingStorage
 
 log = logging.getLogger(__name__)
@@ -42,56 +42,16 @@ class DHTConfig(BaseModel):
 
     ksize: int = Field(20, gt=0)
     alpha: int = Field(3, gt=0)
+    #: a put returns once this many of the k closest live peers accepted (the rest finish in the background)
+    store_quorum: int = Field(5, gt=0)
     default_ttl_s: float = Field(3600.0, gt=0)
     storage: StorageConfig = StorageConfig()
-
-
-class _PrimeServer(Server):
-    """``kademlia.Server`` wired to :class:`ValidatingProtocol`; background work is tracked."""
-
-    protocol: ValidatingProtocol
-    storage: ValidatingStorage
-
-    def __init__(self, config: DHTConfig, storage: ValidatingStorage, wait_timeout: float) -> None:
-        super().__init__(ksize=config.ksize, alpha=config.alpha, storage=storage)
-        self._wait_timeout = wait_timeout
-
-    def _create_protocol(self) -> ValidatingProtocol:
-        return ValidatingProtocol(
-            self.node, self.storage, self.ksize, wait_timeout=self._wait_timeout, metrics=self.storage.metrics
-        )
-
-    def refresh_table(self, interval: float = 3600) -> None:
-        self.protocol.spawn(self._refresh_table())
-        self.refresh_loop = asyncio.get_running_loop().call_later(interval, self.refresh_table)
-
-    async def store_at_closest(self, dkey: bytes, raw: bytes) -> tuple[int, int]:
-        """STORE ``raw`` at the k closest reachable peers; return (accepted, asked)."""
-        nearest = self.protocol.router.find_neighbors(Node(dkey))
-        if not nearest:
-            return 0, 0
-        targets: list[Node] = await NodeSpiderCrawl(self.protocol, Node(dkey), nearest, self.ksize, self.alpha).find()
-        replies = await asyncio.gather(*(self.protocol.call_store(n, dkey, raw) for n in targets))
-        # kademlia's own set_digest counts (False, None) as success: a tuple is truthy
-        return sum(1 for ok, reply in replies if ok and reply is True), len(targets)
-
-    async def set_digest(self, dkey: bytes, value: bytes) -> bool:
-        """Used by kademlia's hourly republish; kademlia's version fails on an empty crawl."""
-        self.storage.store(dkey, value)
-        accepted, _ = await self.store_at_closest(dkey, value)
-        return accepted > 0
-
-    async def bootstrap_node(self, addr: Address) -> Node | None:
-        ok, reply = await self.protocol.ping(addr, self.node.id)
-        if ok and isinstance(reply, bytes) and len(reply) == 20:
-            return Node(reply, addr[0], addr[1])
-        return None
 
 
 class DHTNode:
     """One peer of prime's DHT. Make with ``await DHTNode.create(...)``; close with ``close()``."""
 
-    def __init__(self, server: _PrimeServer, config: DHTConfig, address: Address) -> None:
+    def __init__(self, server: PrimeServer, config: DHTConfig, address: Address) -> None:
         self._server = server
         self._config = config
         self._address = address
@@ -115,7 +75,7 @@ class DHTNode:
         """
         config = config or DHTConfig()
         storage = ValidatingStorage(config.storage, DHTMetrics())
-        server = _PrimeServer(config, storage, timeout)
+        server = PrimeServer(config.ksize, config.alpha, config.store_quorum, storage, timeout)
         try:
             await server.listen(port, interface=host)
         except OSError as exc:
@@ -164,6 +124,8 @@ class DHTNode:
     async def put(self, identity: Identity, name: str, value: dict[str, Any], ttl_s: float | None = None) -> None:
         """Sign ``value`` as ``identity``'s record ``name`` and store it at the closest peers.
 
+        Returns once ``store_quorum`` of the k closest live peers accepted it (or one
+        did and the rest are overdue); the remaining STOREs finish in the background.
         Raises ``DHTError`` if the record is unfit (too large, bad name or TTL) or no
         peer accepted it. A node without peers keeps it locally and succeeds.
         """
@@ -182,7 +144,7 @@ class DHTNode:
                 raise DHTError(f"record {name!r} refused by local storage ({self.storage.last_refusal})")
             return
         accepted, asked = await self._server.store_at_closest(dkey, raw)
-        log.debug("put %s: %d of %d peers accepted", name, accepted, asked)
+        log.debug("put %s: %d of %d peers accepted so far", name, accepted, asked)
         if accepted == 0:
             raise DHTError(
                 f"no peer accepted record {name!r} ({asked} reachable peers asked; "
@@ -197,7 +159,7 @@ class DHTNode:
         nearest = protocol.router.find_neighbors(Node(dkey))
         remote = None
         if nearest:
-            crawl = VerifiedValueCrawl(protocol, Node(dkey), nearest, self._config.ksize, self._config.alpha)
+            crawl = VerifiedValueCrawl(protocol, dkey, nearest, self._config.ksize, self._config.alpha)
             remote = await crawl.find()
         if local is None or (remote is not None and remote.newer_than(local)):
             return remote

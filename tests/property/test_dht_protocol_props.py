@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import ipaddress
+
 import umsgpack
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from kademlia.node import Node
 
-from prime.dht.protocol import ValidatingProtocol
+from prime.dht.protocol import ValidatingProtocol, _is_contact
 from prime.dht.storage import ValidatingStorage
 
 NODE_ID = bytes(range(20))
@@ -54,3 +56,22 @@ def test_datagrams_are_answered_or_counted(batch: list[bytes]) -> None:
         counted = sum(protocol.metrics.dropped.values()) - dropped
         assert answered + counted == 1, (datagram, protocol.metrics.dropped)
     assert len(protocol.storage) == 0
+
+
+ip_texts = (
+    st.ip_addresses().map(str)
+    | st.text(alphabet="0123456789abcdef.:%x \x00", max_size=45)
+    | st.text(max_size=20)
+)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(ip_texts)
+def test_contact_ip_check_agrees_with_ipaddress_but_refuses_scope_ids(text: str) -> None:
+    """The fast ``inet_pton`` check accepts exactly the literals ``ipaddress`` does, minus ``%scope``."""
+    try:
+        ipaddress.ip_address(text)
+        expected = "%" not in text
+    except ValueError:
+        expected = False
+    assert _is_contact([NODE_ID, text, 4000]) is expected
