@@ -8,7 +8,12 @@ on 127.0.0.1, digits MLP) and, for every round after the first, takes
              signing, verification, aggregation, evaluation, the SQLite commit).
 Prints medians and the protocol/training ratio measured in the same run.
 
-    python benchmarks/round_overhead.py [--trainers 4] [--rounds 20] [--local-epochs 2]
+``--peer-assist`` sets ``network.peer_assist_min_bytes = 1``, so every model is
+distributed peer-assisted (trainers look providers up in the DHT, fetch from each
+other, the coordinator last) and prints where the trainers' model copies came from;
+``--hidden 1024,1024`` swaps the digits MLP's hidden layers for a larger model.
+
+    python benchmarks/round_overhead.py [--trainers 4] [--rounds 20] [--local-epochs 2] [--peer-assist]
 """
 
 from __future__ import annotations
@@ -21,10 +26,15 @@ import time
 from pathlib import Path
 
 from prime.demo import LocalNetwork
+from prime.telemetry import read_metrics
 
 
-def measure(trainers: int, rounds: int, local_epochs: int, workdir: Path) -> dict[str, float]:
-    with LocalNetwork(workdir, trainers, rounds, local_epochs) as net:
+def measure(trainers: int, rounds: int, local_epochs: int, workdir: Path, *, peer_assist: bool = False,
+            hidden: list[int] | None = None) -> dict[str, float]:
+    overrides = {"network": {"peer_assist_min_bytes": 1}} if peer_assist else {}
+    if hidden:
+        overrides["model"] = {"hidden": hidden}
+    with LocalNetwork(workdir, trainers, rounds, local_epochs, **overrides) as net:
         net.start_all()
         deadline = time.monotonic() + 60 + 10 * rounds
         status = None
@@ -39,7 +49,14 @@ def measure(trainers: int, rounds: int, local_epochs: int, workdir: Path) -> dic
             time.sleep(0.2)
         else:
             sys.exit(f"timed out; status {status}")
-    return round_stats(status["rounds"])
+    return {**round_stats(status["rounds"]), **model_copies(net)}
+
+
+def model_copies(net: LocalNetwork) -> dict[str, int]:
+    """Where the trainers' model copies came from, summed over trainers (their metrics.json)."""
+    fetches = [(read_metrics(net.trainer_dir(name)) or {}).get("model_fetch", {}) for name in net.trainer_names]
+    keys = ("from_origin", "from_peer", "provider_lookups", "provider_lookup_timeouts")
+    return {key: sum(f.get(key, 0) for f in fetches) for key in keys}
 
 
 def round_stats(rows: list[dict]) -> dict[str, float]:
@@ -62,15 +79,22 @@ def main() -> None:
     p.add_argument("--trainers", type=int, default=4)
     p.add_argument("--rounds", type=int, default=20)
     p.add_argument("--local-epochs", type=int, default=2)
+    p.add_argument("--peer-assist", action="store_true", help="distribute every model peer-assisted")
+    p.add_argument("--hidden", type=lambda v: [int(x) for x in v.split(",")], help="MLP hidden layers, e.g. 1024,1024")
     args = p.parse_args()
     with tempfile.TemporaryDirectory(prefix="prime-bench-") as tmp:
-        r = measure(args.trainers, args.rounds, args.local_epochs, Path(tmp))
-    print(f"round_overhead: {args.trainers} trainers, {r['rounds']} rounds measured, digits MLP, "
-          f"{args.local_epochs} local epochs, final accuracy {r['accuracy']:.4f}")
+        r = measure(args.trainers, args.rounds, args.local_epochs, Path(tmp), peer_assist=args.peer_assist,
+                    hidden=args.hidden)
+    model = f"MLP {args.hidden}" if args.hidden else "digits MLP"
+    print(f"round_overhead: {args.trainers} trainers, {r['rounds']} rounds measured, {model}, "
+          f"{args.local_epochs} local epochs, final accuracy {r['accuracy']:.4f}, "
+          f"peer assist {'on' if args.peer_assist else 'off'}")
     print(f"  median per round: wall {r['wall']:.3f} s = training {r['training']:.3f} s (slowest trainer) "
           f"+ protocol {r['protocol']:.3f} s (p90 {r['protocol_p90']:.3f} s)")
     print(f"round_overhead: prime protocol {r['protocol']:.3f} s/round, training {r['training']:.3f} s/round, "
           f"protocol/training ratio {r['protocol'] / r['training']:.2f}x")
+    print(f"  model copies: {r['from_origin']} from the coordinator, {r['from_peer']} from peers; "
+          f"{r['provider_lookups']} provider lookups ({r['provider_lookup_timeouts']} timed out)")
 
 
 if __name__ == "__main__":

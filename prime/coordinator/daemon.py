@@ -45,6 +45,7 @@ from prime.core.records import (
     dht_checkpoint_name,
 )
 from prime.dht.peer import Peer
+from prime.dht.swarm import DEFAULT_SEED_CLIENTS
 from prime.telemetry import METRICS_FILE, MetricsFile
 
 log = logging.getLogger(__name__)
@@ -400,6 +401,8 @@ class Coordinator:
             deadline=now + self.config.federated.round_timeout, issued=now,
             expires=now + self.config.federated.round_timeout, total_rounds=self.config.federated.rounds,
         )
+        if self.config.network.peer_assists(size):  # a few copies leave here; trainers pass the model on
+            self.peer.blob_server.limit_uploads(digest, DEFAULT_SEED_CLIENTS)
         collector = RoundCollector(announcement, build_strategy(self.config.federated.aggregation_strategy))
         self.intake.open_round(collector, global_state)
         sealed = announcement.seal(self.identity).to_bytes()

@@ -99,6 +99,15 @@ class NetworkConfig(_Section):
     mqtt_url: str | None = None
     #: Seconds between trainer heartbeats.
     heartbeat_interval: float = Field(1.0, gt=0.0)
+    #: Models of at least this many bytes are distributed peer-assisted: trainers fetch from
+    #: trainers that already hold the model (the coordinator last) and serve their copy in turn,
+    #: so the coordinator uploads a few copies per round instead of one per trainer. Smaller
+    #: models come straight from the coordinator with no DHT lookups. 0 turns it off.
+    peer_assist_min_bytes: int = Field(64 * 1024 * 1024, ge=0)
+
+    def peer_assists(self, model_size: int) -> bool:
+        """Whether a model of ``model_size`` bytes is distributed peer-assisted."""
+        return 0 < self.peer_assist_min_bytes <= model_size
 
 
 class FaultToleranceConfig(_Section):

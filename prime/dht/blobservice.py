@@ -32,7 +32,7 @@ from types import TracebackType
 from typing import Any, BinaryIO
 
 from prime.core.errors import BlobError, DecodeError
-from prime.dht.blobstore import BlobStore
+from prime.dht.blobstore import BlobStore, check_digest
 from prime.dht.blobwire import (
     DEFAULT_MAX_BLOB_BYTES,
     DEFAULT_MAX_CLIENTS,
@@ -75,6 +75,8 @@ class BlobServer:
         self._max_clients = max_clients
         self._rate = max_bytes_per_second
         self._next_send = 0.0  # loop time before which the upload budget is spent
+        self._digest_cap: tuple[str, int] | None = None  # (digest, max concurrent transfers of it)
+        self._sending: Counter[str] = Counter()  # transfers in flight, by digest
         self._server: asyncio.Server | None = None
         self._handlers: set[asyncio.Task[Any]] = set()
         self._address: Address = ("", 0)
@@ -109,6 +111,15 @@ class BlobServer:
     @property
     def address(self) -> Address:
         return self._address
+
+    def limit_uploads(self, digest: str, max_clients: int) -> None:
+        """Send ``digest`` to at most ``max_clients`` fetchers at a time; refuse the rest at once.
+
+        For peer-assisted broadcast (:mod:`prime.dht.swarm`): a refused fetcher asks another
+        provider, so the blob fans out instead of all copies leaving this node. Other blobs
+        (updates, checkpoints) are unaffected; one digest at a time, a new call replaces it.
+        """
+        self._digest_cap = (check_digest(digest), max_clients)
 
     async def close(self) -> None:
         """Stop accepting, cut in-flight transfers, and wait until they are gone."""
@@ -172,6 +183,22 @@ class BlobServer:
         except asyncio.IncompleteReadError:
             self.metrics.bad_requests["truncated"] += 1
             return
+        if self._at_cap(digest):
+            self.metrics.aborted["busy"] += 1
+            return
+        self._sending[digest] += 1
+        try:
+            await self._send_blob(writer, digest)
+        finally:
+            self._sending[digest] -= 1
+            if not self._sending[digest]:
+                del self._sending[digest]
+
+    def _at_cap(self, digest: str) -> bool:
+        cap = self._digest_cap
+        return cap is not None and cap[0] == digest and self._sending[digest] >= cap[1]
+
+    async def _send_blob(self, writer: asyncio.StreamWriter, digest: str) -> None:
         try:
             file: BinaryIO = open(self.store.path(digest), "rb")
         except (BlobError, OSError):

@@ -2,9 +2,12 @@
 
 When every trainer fetches the new model from the coordinator, the coordinator's
 upload is the round's bottleneck. Here a node that holds a verified blob serves it
-too (:func:`serve_held`) and says so in the DHT (:func:`announce_provider`); later
-fetchers look the providers up (:func:`find_providers`) and :func:`fetch_with_peers`
-spreads them over those peers, keeping the origin (the coordinator) as the last resort.
+too (:func:`serve_held`, or a node's own running server with
+:meth:`BlobServer.limit_uploads`) and says so in the DHT (:func:`announce_provider`);
+later fetchers look the providers up (:func:`find_providers`) and
+:func:`fetch_with_peers` spreads them over those peers, keeping the origin (the
+coordinator) as the last resort. ``TrainerNode`` does this for models of at least
+``network.peer_assist_min_bytes`` (:mod:`prime.trainer.modelfetch`).
 
 Load spreads without coordination: each fetcher tries the peers in its own random
 order, and a provider at its ``max_clients`` refuses at once, so the fetcher moves
@@ -24,6 +27,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 from prime.core.errors import BlobError, DHTError
 from prime.core.identity import Identity
@@ -43,6 +47,13 @@ ProviderSource = Iterable[Address] | Callable[[], Awaitable[Iterable[Address]]]
 DEFAULT_SEED_CLIENTS = 2
 DEFAULT_DEADLINE_S = 300.0
 _BACKOFF_S = (0.05, 0.5)  # first and longest wait when every provider refused (each wait is a DHT lookup)
+
+
+class Fetched(NamedTuple):
+    """Where a fetched blob lies, and who sent it (None: it was already held)."""
+
+    path: Path
+    source: Address | None
 
 
 def order_providers(providers: Iterable[Address], origin: Iterable[Address] = (), *,
@@ -70,7 +81,7 @@ async def fetch_with_peers(
     timeout: float = DEFAULT_TIMEOUT_S,
     deadline: float = DEFAULT_DEADLINE_S,
     rng: random.Random | None = None,
-) -> Path:
+) -> Fetched:
     """Fetch ``digest`` into ``store`` from a peer that holds it, else from ``origin``.
 
     ``providers`` is a list of peers, or an async callable returning the current list
@@ -78,11 +89,12 @@ async def fetch_with_peers(
     found). Each pass tries every peer in random order, then the origin; when all
     refuse (busy, gone, or a bad copy), it waits a short jittered backoff and tries
     again, until ``deadline`` seconds have passed. ``timeout`` bounds each connect and
-    read, as in :func:`fetch_blob`. Raises ``BlobError`` naming each provider's failure.
+    read, as in :func:`fetch_blob`. Returns the path and the provider that sent it;
+    raises ``BlobError`` naming each provider's failure.
     """
     check_digest(digest)
     if store.has(digest):
-        return store.path(digest)
+        return Fetched(store.path(digest), None)
     rng = rng or random.Random()
     origin, exclude = list(origin), list(exclude)
     give_up = time.monotonic() + deadline
@@ -92,7 +104,8 @@ async def fetch_with_peers(
         current = await providers() if callable(providers) else providers
         for host, port in order_providers(current, origin, exclude=exclude, rng=rng):
             try:
-                return await fetch_blob(host, port, digest, store, max_bytes=max_bytes, timeout=timeout)
+                path = await fetch_blob(host, port, digest, store, max_bytes=max_bytes, timeout=timeout)
+                return Fetched(path, (host, port))
             except BlobError as exc:  # busy, gone, stalled, lying about size or bytes: next one
                 failures[(host, port)] = str(exc)
                 log.debug("blob %s not fetched from %s:%d: %s", digest[:12], host, port, exc)
@@ -160,10 +173,18 @@ async def find_providers(dht: DHTNode, owners: Iterable[bytes], digest: str) -> 
     return found
 
 
-def provider_lookup(dht: DHTNode, owners: Sequence[bytes], digest: str) -> Callable[[], Awaitable[list[Address]]]:
-    """A ``providers`` callable for :func:`fetch_with_peers` that asks the DHT each time."""
+def provider_lookup(dht: DHTNode, owners: Sequence[bytes], digest: str, *, sample: int | None = None,
+                    rng: random.Random | None = None) -> Callable[[], Awaitable[list[Address]]]:
+    """A ``providers`` callable for :func:`fetch_with_peers` that asks the DHT each time.
+
+    With ``sample``, each call asks a fresh random ``sample`` of the owners, so a large
+    crowd costs a bounded number of DHT gets per pass yet every owner is asked in time.
+    """
+    rng = rng or random.Random()
+    owners = list(owners)
 
     async def lookup() -> list[Address]:
-        return await find_providers(dht, owners, digest)
+        asked = owners if sample is None or sample >= len(owners) else rng.sample(owners, sample)
+        return await find_providers(dht, asked, digest)
 
     return lookup

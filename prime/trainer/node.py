@@ -4,9 +4,10 @@ Lifecycle: ``node = await TrainerNode.create(...)``, ``await node.start_training
 (returns when the job ends or ``stop()`` is called), ``await node.close()``; or
 ``async with`` it. Per round it: verifies the coordinator's signed announcement,
 takes the global model from the announcement (small models ride inline) or fetches it
-by digest, trains locally (FSDP2, in a worker thread so the event loop keeps serving),
-stores its update blob, signs an update record, puts it in the DHT under its own key,
-and sends the record as a notice on the bus (with the update inline when it is small).
+by digest (peer-assisted when it is large: ``modelfetch``), trains locally (FSDP2, in a
+worker thread so the event loop keeps serving), stores its update blob, signs an update
+record, puts it in the DHT under its own key, and sends the record as a notice on the bus
+(with the update inline when it is small).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -36,15 +38,13 @@ from prime.core.records import (
     dht_update_name,
     freshness_error,
 )
-from prime.dht.blobfetch import fetch_verified
 from prime.dht.peer import Peer
 from prime.telemetry import METRICS_FILE, MetricsFile
 from prime.trainer.checkpoint import AUTO_PREFIX, CheckpointStore
 from prime.trainer.data import load_local_data, partition_for
 from prime.trainer.engine import EpochMetrics, LocalEngine
-from prime.core.net import parse_hostport
 from prime.core.offload import run_sized, state_bytes
-from prime.core.retry import with_retries
+from prime.trainer.modelfetch import ModelFetcher
 
 log = logging.getLogger(__name__)
 
@@ -89,8 +89,8 @@ class TrainerNode:
         self._last_update: UpdateRecord | None = None  # the last update submitted, to re-sign for a new term
         self.highest_term = 0  # trainers follow the highest valid coordinator term they have seen
         self._pending: tuple[RoundAnnouncement, bytes | None] | None = None  # (announcement, inline model)
-        self.model_sources: dict[str, int] = {"inline": 0, "fetched": 0}  # how each round's model arrived
         self._background: set[asyncio.Task] = set()
+        self.model_fetcher = ModelFetcher(peer, identity, config, self._spawn)
         self.metrics_file = MetricsFile(checkpoints.root.parent / METRICS_FILE, self._metrics)
         self._wake = asyncio.Event()
         self._finished = asyncio.Event()
@@ -192,7 +192,7 @@ class TrainerNode:
 
     def _metrics(self) -> dict:
         return {"role": "trainer", **self.get_status(), "training": self.get_training_metrics(),
-                "model_sources": dict(self.model_sources), **self.peer.metrics(), "bus": self.bus.metrics}
+                "model_fetch": self.model_fetcher.metrics(), **self.peer.metrics(), "bus": self.bus.metrics}
 
     async def save_checkpoint(self, name: str) -> Path:
         state = await asyncio.to_thread(self.engine.state_dict)
@@ -299,9 +299,7 @@ class TrainerNode:
             now = time.time()
             again = last.model_copy(update={"term": ann.term, "issued": now,
                                             "expires": now + self.config.security.record_ttl})
-            resend = asyncio.create_task(self.bus.publish(self.topics.updates, again.seal(self.identity).to_bytes()))
-            self._background.add(resend)
-            resend.add_done_callback(self._background.discard)
+            self._spawn(self.bus.publish(self.topics.updates, again.seal(self.identity).to_bytes()))
         return True
 
     async def _run_round(self, ann: RoundAnnouncement, inline: bytes | None = None) -> None:
@@ -357,28 +355,25 @@ class TrainerNode:
         """The announced model: the inline copy if it is the signed one, else fetched by digest."""
         if inline is not None:
             if len(inline) == ann.model_size and await run_sized(len(inline), tensors.digest, inline) == ann.model_digest:
-                self.model_sources["inline"] += 1
+                self.model_fetcher.counts["inline"] += 1
                 return inline
             self._drop("bad_inline_model", f"round {ann.round}: inline bytes do not match the signed digest")
-        net = self.config.network
-        providers = [parse_hostport(p) for p in ann.providers]
-        data = await with_retries(
-            lambda: fetch_verified(providers, ann.model_digest, self.peer.blobs,
-                                   max_bytes=net.max_message_size, timeout=net.timeout),
-            what=f"fetching model v{ann.model_version}", max_retries=self.config.fault_tolerance.max_retries,
-        )
-        self.model_sources["fetched"] += 1
-        return data
+        return await self.model_fetcher.fetch(ann)
 
     async def _publish_update(self, round_number: int, sealed: bytes, inline: bytes | None) -> None:
         """The bus notice (the fast path, the blob inline if small) now; the DHT pointer (the
         durable path) alongside."""
         name = dht_update_name(self.config.job_id, round_number)
         ttl = max(self.config.federated.round_timeout * 4, 600.0)
-        put = asyncio.create_task(self._dht_put(name, {"update": sealed}, ttl, round_number))
-        self._background.add(put)
-        put.add_done_callback(self._background.discard)
+        self._spawn(self._dht_put(name, {"update": sealed}, ttl, round_number))
         await self.bus.publish(self.topics.updates, parcel.pack(sealed, inline))
+
+    def _spawn(self, coro: Coroutine) -> asyncio.Task:
+        """Background work (DHT puts, resends) that must not hold up a round; ``close`` waits briefly."""
+        task = asyncio.create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return task
 
     async def _dht_put(self, name: str, value: dict, ttl: float, round_number: int) -> None:
         await self.peer.put_quietly(self.identity, name, value, ttl_s=ttl, what=f"round-{round_number} update",

@@ -67,12 +67,12 @@ async def test_fetches_spread_over_peers_and_spare_the_origin(
     origin: BlobServer, seeders: list[BlobServer], tmp_path: Path
 ) -> None:
     peers = [s.address for s in seeders]
-    paths = await asyncio.gather(*(
+    fetched = await asyncio.gather(*(
         fetch_with_peers(peers, DIGEST, BlobStore(tmp_path / f"f{i}"), origin=[origin.address],
                          timeout=2, rng=random.Random(i))
         for i in range(12)
     ))
-    assert all(p.read_bytes() == BLOB for p in paths)
+    assert all(f.path.read_bytes() == BLOB and f.source in peers for f in fetched)
     assert origin.metrics.served == 0
     assert [s.metrics.served for s in seeders] == [s.metrics.served for s in seeders if s.metrics.served > 0]
     assert sum(s.metrics.served for s in seeders) == 12
@@ -89,9 +89,9 @@ async def test_busy_dead_and_lying_peers_fall_through_to_origin(
     dead = ("127.0.0.1", port_factory())
     local = BlobStore(tmp_path / "local")
     try:
-        path = await fetch_with_peers([busy.address, liar.address, dead], DIGEST, local, origin=[origin.address],
-                                      timeout=2)
-        assert path.read_bytes() == BLOB and origin.metrics.served == 1
+        path, source = await fetch_with_peers([busy.address, liar.address, dead], DIGEST, local,
+                                              origin=[origin.address], timeout=2)
+        assert path.read_bytes() == BLOB and source == origin.address and origin.metrics.served == 1
         assert busy.metrics.aborted["busy"] == 1 and liar.metrics.served == 1
         assert list(local.tmp_dir.iterdir()) == []
     finally:
@@ -108,7 +108,7 @@ async def test_waits_for_a_provider_to_appear(origin: BlobServer, tmp_path: Path
         calls += 1
         return [origin.address] if calls >= 3 else []
 
-    path = await fetch_with_peers(providers, DIGEST, BlobStore(tmp_path / "late"), timeout=2, deadline=10)
+    path, _ = await fetch_with_peers(providers, DIGEST, BlobStore(tmp_path / "late"), timeout=2, deadline=10)
     assert path.read_bytes() == BLOB and calls == 3
 
 
@@ -125,8 +125,25 @@ async def test_a_fetcher_seeds_what_it_fetched(origin: BlobServer, tmp_path: Pat
     await fetch_with_peers([], DIGEST, first, origin=[origin.address], timeout=2)
     async with await serve_held(first) as seed:
         second = BlobStore(tmp_path / "second")
-        await fetch_with_peers([seed.address], DIGEST, second, origin=[origin.address], timeout=2)
+        assert (await fetch_with_peers([seed.address], DIGEST, second, origin=[origin.address], timeout=2)).source \
+            == seed.address
         assert seed.metrics.served == 1 and origin.metrics.served == 1
+        assert await fetch_with_peers([seed.address], DIGEST, second, timeout=2) == (second.path(DIGEST), None)
+
+
+async def test_a_running_server_limits_uploads_of_one_digest(tmp_path: Path) -> None:
+    """``limit_uploads`` caps concurrent sends of the broadcast blob only; the rest are refused at once."""
+    store = holding(tmp_path / "node")
+    other = store.put_bytes(os.urandom(4096))
+    async with await BlobServer.start(store, max_bytes_per_second=2 * 1024 * 1024, timeout=5) as server:
+        server.limit_uploads(DIGEST, 1)
+        results = await asyncio.gather(*(fetch_blob(*server.address, DIGEST, BlobStore(tmp_path / f"c{i}"), timeout=5)
+                                         for i in range(3)), return_exceptions=True)
+        assert sum(isinstance(r, Path) for r in results) == 1 and server.metrics.aborted["busy"] == 2
+        assert all(isinstance(r, BlobError) for r in results if not isinstance(r, Path))
+        await asyncio.gather(*(fetch_blob(*server.address, other, BlobStore(tmp_path / f"o{i}"), timeout=5)
+                               for i in range(3)))
+        assert server.metrics.aborted["busy"] == 2
 
 
 async def test_upload_cap_paces_transfers(tmp_path: Path) -> None:
@@ -154,6 +171,11 @@ async def test_providers_announced_and_found_through_the_dht(origin: BlobServer)
         assert sorted(found) == sorted([origin.address, ("127.0.0.1", 1)])
         lookup = provider_lookup(boot, [alice.public_key], DIGEST)
         assert await lookup() == [origin.address]
+        one_at_a_time = provider_lookup(other, [alice.public_key, bob.public_key, carol.public_key], DIGEST,
+                                        sample=1, rng=random.Random(0))
+        seen = [tuple(await one_at_a_time()) for _ in range(12)]
+        assert all(len(found) <= 1 for found in seen)
+        assert {found[0] for found in seen if found} == {origin.address, ("127.0.0.1", 1)}
     finally:
         await other.close()
         await boot.close()

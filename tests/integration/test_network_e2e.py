@@ -60,8 +60,8 @@ def test_rounds_commit_verified_and_survive_coordinator_kill(network: LocalNetwo
     # to the restarted coordinator are fetched by digest).
     updates = metrics_when(net.coordinator_dir, lambda m: m["updates"]["blob_sources"].get("inline", 0) >= 3)["updates"]
     assert updates["bad_inline_blobs"] == 0, updates
-    sources = [read_metrics(net.trainer_dir(n))["model_sources"] for n in net.trainer_names]
-    assert all(s["inline"] >= 1 and s["fetched"] == 0 for s in sources), sources
+    sources = [read_metrics(net.trainer_dir(n))["model_fetch"] for n in net.trainer_names]
+    assert all(s.get("inline", 0) >= 1 and "from_origin" not in s for s in sources), sources
 
     # Rewards: each round pays exactly its pool; the signed hash chain verifies.
     pool = to_micro(net.config.federated.reward_pool)

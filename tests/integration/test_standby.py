@@ -44,6 +44,6 @@ def test_standby_takes_over_without_losing_or_redoing_a_round(tmp_path):
     assert status["ledger_valid"]
     assert round(sum(status["rewards"].values()), 6) == round(100.0 * ROUNDS, 6)
     for name in net.trainer_names:
-        assert read_metrics(net.trainer_dir(name))["model_sources"]["inline"] == 0
-    assert sum(read_metrics(net.trainer_dir(n))["model_sources"]["fetched"] for n in net.trainer_names) >= ROUNDS
+        assert "inline" not in read_metrics(net.trainer_dir(name))["model_fetch"]
+    assert sum(read_metrics(net.trainer_dir(n))["model_fetch"]["from_origin"] for n in net.trainer_names) >= ROUNDS
     assert status["rejected_updates"] == [] or {r["reason"] for r in status["rejected_updates"]} <= {"wrong_term"}

@@ -66,7 +66,7 @@ def test_trainer_refuses_impostor_and_stale_announcements(tmp_path):
         swapped = parcel.pack(announcement(net, trainer_key, now, now + 30).seal(coordinator).to_bytes(), b"x" * 10)
         asyncio.run(publish_retained(net, swapped))
         metrics = wait_for_drop(net, name, "bad_inline_model")
-        assert metrics["model_sources"]["inline"] == 0
+        assert "inline" not in metrics["model_fetch"]
         assert metrics["rounds_trained"] == 0 and metrics["last_submitted_round"] == 0
     finally:
         net.stop_all()

@@ -107,6 +107,16 @@ def test_defaults():
     assert cfg.security.max_clock_skew == 30.0 and cfg.security.record_ttl == 600.0
 
 
+def test_peer_assist_applies_from_the_threshold_up_and_zero_turns_it_off():
+    default = JobConfig().network
+    assert default.peer_assist_min_bytes == 64 * 1024 * 1024
+    assert not default.peer_assists(64 * 1024 * 1024 - 1) and default.peer_assists(64 * 1024 * 1024)
+    always = parse_config({"network": {"peer_assist_min_bytes": 1}}).network
+    assert always.peer_assists(1) and not always.peer_assists(0)
+    off = parse_config({"network": {"peer_assist_min_bytes": 0}}).network
+    assert not off.peer_assists(0) and not off.peer_assists(10**12)
+
+
 def test_open_admission_caps_unlisted_weight_and_lists_only_named_keys():
     cfg = parse_config({"admission": {"open": True, "open_max_samples": 50, "trainers": {"b": KEY_B}}})
     listed, stranger = bytes.fromhex(KEY_B), b"\x01" * 32
@@ -311,6 +321,7 @@ def test_cosine_scheduler_fields():
         ("federated.participation_rate", {"federated": {"participation_rate": 1.5}}),
         ("federated.aggregation_strategy", {"federated": {"aggregation_strategy": "krum"}}),
         ("network.max_message_size", {"network": {"max_message_size": 0}}),
+        ("network.peer_assist_min_bytes", {"network": {"peer_assist_min_bytes": -1}}),
         ("fault_tolerance.max_checkpoints", {"fault_tolerance": {"max_checkpoints": 0}}),
     ],
 )
