@@ -106,8 +106,8 @@ class NetworkConfig(_Section):
     peer_assist_min_bytes: int = Field(64 * 1024 * 1024, ge=0)
 
     def peer_assists(self, model_size: int) -> bool:
-        """Whether a model of ``model_size`` bytes is distributed peer-assisted."""
-        return 0 < self.peer_assist_min_bytes <= model_size
+        """Whether a model of ``model_size`` bytes is distributed peer-assisted (one riding inline never is)."""
+        return 0 < self.peer_assist_min_bytes <= model_size and model_size > self.inline_blob_max_bytes
 
 
 class FaultToleranceConfig(_Section):

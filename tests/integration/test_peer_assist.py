@@ -4,7 +4,8 @@ The scenario makes one trainer late on purpose: it is paused (SIGSTOP) while sti
 counted alive, the round is announced with it selected, and it resumes only after the
 others hold the model and announced themselves as providers. At or above
 ``network.peer_assist_min_bytes`` it must then get the model from one of them; below
-it, from the coordinator, without a single provider lookup or announcement.
+it, from the coordinator, without a single provider lookup or announcement. (Inline
+models are off: the demo model is small enough to ride in the announcement.)
 """
 
 from __future__ import annotations
@@ -98,7 +99,8 @@ def network(tmp_path, min_bytes: int) -> LocalNetwork:
     # RPC timeout 1 s: DHT crawls that reach the paused trainer's node give up on it quickly.
     return LocalNetwork(tmp_path / "net", trainers=TRAINERS, rounds=ROUNDS, local_epochs=1,
                         federated={"round_timeout": 30.0},
-                        network={"peer_assist_min_bytes": min_bytes, "heartbeat_interval": 5.0, "timeout": 1.0})
+                        network={"peer_assist_min_bytes": min_bytes, "heartbeat_interval": 5.0, "timeout": 1.0,
+                                 "inline_blob_max_bytes": 0})  # the demo model would otherwise ride inline
 
 
 def test_at_the_threshold_a_late_trainer_fetches_the_model_from_a_peer(tmp_path):

@@ -111,10 +111,12 @@ def test_peer_assist_applies_from_the_threshold_up_and_zero_turns_it_off():
     default = JobConfig().network
     assert default.peer_assist_min_bytes == 64 * 1024 * 1024
     assert not default.peer_assists(64 * 1024 * 1024 - 1) and default.peer_assists(64 * 1024 * 1024)
-    always = parse_config({"network": {"peer_assist_min_bytes": 1}}).network
+    always = parse_config({"network": {"peer_assist_min_bytes": 1, "inline_blob_max_bytes": 0}}).network
     assert always.peer_assists(1) and not always.peer_assists(0)
     off = parse_config({"network": {"peer_assist_min_bytes": 0}}).network
     assert not off.peer_assists(0) and not off.peer_assists(10**12)
+    inline = parse_config({"network": {"peer_assist_min_bytes": 1}}).network  # small models ride inline instead
+    assert not inline.peer_assists(inline.inline_blob_max_bytes) and inline.peer_assists(inline.inline_blob_max_bytes + 1)
 
 
 def test_open_admission_caps_unlisted_weight_and_lists_only_named_keys():
