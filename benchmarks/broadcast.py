@@ -3,8 +3,8 @@
 This process is the origin (the coordinator): it holds a 100 MB model blob (the
 safetensors encoding of 25M float32 parameters; ``--size-mb 1000`` for 1 GB) in a
 BlobStore and serves it with prime's BlobServer. Eight trainer processes, released
-at the same instant, each fetch it into their own BlobStore (verified by digest,
-fsynced). Broadcast time = first start to last verified copy; throughput = 8 × size /
+at the same instant, each fetch it into their own BlobStore (verified by digest as it
+arrives, then written to disk). Broadcast time = first start to last verified copy; throughput = 8 × size /
 that time. Modes, all in the same run:
 
   raw     the same bytes over plain TCP sockets (sendall from memory, recv_into a
@@ -222,7 +222,7 @@ async def run(size_mb: int, trainers: int, uplink_mbit: float, timeline: bool) -
         if rate:
             plan += [("origin", rate), ("peers", rate)]
         print(f"broadcast: {trainers} trainers fetch a {size / MB:.0f} MB model over 127.0.0.1 "
-              f"(each verified by SHA-256 and fsynced; {os.cpu_count()} cores)")
+              f"(each verified by SHA-256 and written to disk; {len(os.sched_getaffinity(0))} cores)")
         print(f"  {'mode':<8} {'uplink':>10} {'seconds':>8} {'MB/s':>8} {'origin uploads':>15} {'peer uploads':>13}")
         results = {}
         try:

@@ -133,17 +133,12 @@ class UpdateIntake:
     async def _verify_blob(self, record: UpdateRecord, signer: bytes, inline: bytes | None) -> tuple[Contribution, str]:
         """The update's checked tensors, and whether its blob came inline or was fetched."""
         net = self.config.network
-        source, data = "inline", inline
-        data: bytes | memoryview | None  # inline bytes, or a private mapping of the fetched blob
+        source, data = "inline", inline  # data: inline bytes, or the fetched blob's verified bytes
         if inline is not None and not await self._is_signed_blob(inline, record):
             self.bad_inline_blobs += 1  # the record may still be good: fetch its blob by digest
             data = None
         if data is None:
             source, data = "fetched", await self._fetch(record)
-        # Kept on disk so a restarted coordinator reuses pending updates without refetching them;
-        # written in the background, off the critical path (if a crash beats the write, recovery
-        # fetches the blob from its trainer again).
-        self.spawn(asyncio.to_thread(self.peer.blobs.put_verified, record.blob_digest, data))
         if len(data) != record.blob_size:
             raise UpdateRejected("size_mismatch", f"blob is {len(data)} bytes, record says {record.blob_size}")
         try:
@@ -151,6 +146,10 @@ class UpdateIntake:
         except DecodeError as exc:
             raise UpdateRejected("undecodable", str(exc)) from None
         await run_sized(len(data), check_tensors, delta, self.global_state, self.config.security.max_update_norm)
+        # Kept on disk so a restarted coordinator reuses pending updates without refetching them;
+        # written in the background, off the critical path (if a crash beats the write, recovery
+        # fetches the blob from its trainer again).
+        self.spawn(asyncio.to_thread(self.peer.blobs.put_verified, record.blob_digest, data))
         return Contribution(signer, delta, self.config.admission.weight(signer, record.num_samples)), source
 
     @staticmethod

@@ -47,7 +47,8 @@ async def fetch_blob(
 ) -> Path:
     """Fetch ``digest`` from one provider into ``store``; raise ``BlobError`` on any failure.
 
-    ``timeout`` bounds the connect and each read (a stall), not the whole transfer.
+    ``timeout`` bounds the connect and each read (a stall), not the whole transfer. The blob
+    is received and verified in memory (at most ``max_bytes``), then written.
     """
     check_digest(digest)
     if store.has(digest):

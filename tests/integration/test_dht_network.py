@@ -28,17 +28,6 @@ MALLORY = Identity.from_seed(b"m" * 32)
 
 
 @pytest.fixture
-async def loop_errors() -> AsyncIterator[list[dict[str, Any]]]:
-    """Collect what the event loop reports (e.g. 'Task exception was never retrieved')."""
-    loop = asyncio.get_running_loop()
-    errors: list[dict[str, Any]] = []
-    previous = loop.get_exception_handler()
-    loop.set_exception_handler(lambda _loop, context: errors.append(context))
-    yield errors
-    loop.set_exception_handler(previous)
-
-
-@pytest.fixture
 async def nodes() -> AsyncIterator[list[DHTNode]]:
     boot = await DHTNode.create(timeout=1.0)
     started = [boot]

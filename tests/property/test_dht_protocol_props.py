@@ -11,21 +11,9 @@ from kademlia.node import Node
 
 from prime.dht.protocol import ValidatingProtocol, _is_contact
 from prime.dht.storage import ValidatingStorage
+from tests.dhtutil import RecordingTransport
 
 NODE_ID = bytes(range(20))
-
-
-class RecordingTransport:
-    """Stands in for the UDP socket: records what the protocol sends."""
-
-    def __init__(self) -> None:
-        self.sent: list[tuple[bytes, tuple[str, int]]] = []
-
-    def sendto(self, data: bytes, addr: tuple[str, int]) -> None:
-        self.sent.append((data, addr))
-
-    def is_closing(self) -> bool:
-        return False
 
 
 args = st.lists(

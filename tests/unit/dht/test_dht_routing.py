@@ -11,23 +11,11 @@ from prime.dht import routing
 from prime.dht.protocol import ValidatingProtocol, _hands_over
 from prime.dht.routing import DeadPeers, RttEstimator
 from prime.dht.storage import ValidatingStorage
+from tests.dhtutil import RecordingTransport
 
 
 def node(rng: random.Random, port: int) -> Node:
     return Node(rng.randbytes(20), "127.0.0.1", port)
-
-
-class RecordingTransport:
-    """Stands in for the UDP socket: takes datagrams, delivers nothing."""
-
-    def __init__(self) -> None:
-        self.sent: list[tuple[bytes, tuple[str, int]]] = []
-
-    def sendto(self, data: bytes, addr: tuple[str, int]) -> None:
-        self.sent.append((data, addr))
-
-    def is_closing(self) -> bool:
-        return False
 
 
 async def test_find_neighbors_returns_the_k_closest_contacts() -> None:
