@@ -367,12 +367,9 @@ class Coordinator:
         if self._last_model is not None and self._last_model[0] == digest:
             return self._last_model[1], self._last_model[2]
         net = self.config.network
-        if size <= net.inline_blob_max_bytes:
-            data: bytes | memoryview = await asyncio.to_thread(self.peer.blobs.read_bytes, digest)
-        else:
-            data = await asyncio.to_thread(self.peer.blobs.map_private, digest)
+        data = await asyncio.to_thread(self.peer.blobs.map_private, digest)
         state = await run_sized(len(data), tensors.decode_state, data, max_bytes=net.max_message_size)
-        return state, data if size <= net.inline_blob_max_bytes else None
+        return state, bytes(data) if net.rides_inline(size) else None
 
     async def _await_selection(self, round_number: int, attempt: int, reserved: list[bytes] = ()) -> list[bytes]:
         """Select among live admitted trainers once enough are up; ``reserved`` (trainers whose
@@ -419,7 +416,7 @@ class Coordinator:
         parts = await run_sized(nbytes, tensors.encode_parts, new_state, compress=self.config.network.enable_compression)
         digest = await asyncio.to_thread(self.peer.blobs.put_parts, parts)
         size = tensors.parts_size(parts)
-        inline = b"".join(parts) if size <= self.config.network.inline_blob_max_bytes else None
+        inline = b"".join(parts) if self.config.network.rides_inline(size) else None
         self._last_model = (digest, new_state, inline)  # the next round starts from it: no read-back and decode
         accuracy, loss = await asyncio.to_thread(evaluate, self.model, new_state, self.test_data)
         # Rewards go to listed trainers only (open jobs let strangers help, not get paid).

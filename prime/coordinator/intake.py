@@ -134,7 +134,7 @@ class UpdateIntake:
         """The update's checked tensors, and whether its blob came inline or was fetched."""
         net = self.config.network
         source, data = "inline", inline  # data: inline bytes, or the fetched blob's verified bytes
-        if inline is not None and not await self._is_signed_blob(inline, record):
+        if inline is not None and not await parcel.is_signed_blob(inline, record.blob_digest, record.blob_size):
             self.bad_inline_blobs += 1  # the record may still be good: fetch its blob by digest
             data = None
         if data is None:
@@ -151,10 +151,6 @@ class UpdateIntake:
         # fetches the blob from its trainer again).
         self.spawn(asyncio.to_thread(self.peer.blobs.put_verified, record.blob_digest, data))
         return Contribution(signer, delta, self.config.admission.weight(signer, record.num_samples)), source
-
-    @staticmethod
-    async def _is_signed_blob(data: bytes, record: UpdateRecord) -> bool:
-        return len(data) == record.blob_size and await run_sized(len(data), tensors.digest, data) == record.blob_digest
 
     async def _fetch(self, record: UpdateRecord) -> memoryview:
         net = self.config.network

@@ -105,9 +105,13 @@ class NetworkConfig(_Section):
     #: models come straight from the coordinator with no DHT lookups. 0 turns it off.
     peer_assist_min_bytes: int = Field(64 * 1024 * 1024, ge=0)
 
+    def rides_inline(self, blob_size: int) -> bool:
+        """Whether a blob of ``blob_size`` bytes travels inside its signed bus message."""
+        return blob_size <= self.inline_blob_max_bytes
+
     def peer_assists(self, model_size: int) -> bool:
         """Whether a model of ``model_size`` bytes is distributed peer-assisted (one riding inline never is)."""
-        return 0 < self.peer_assist_min_bytes <= model_size and model_size > self.inline_blob_max_bytes
+        return 0 < self.peer_assist_min_bytes <= model_size and not self.rides_inline(model_size)
 
 
 class FaultToleranceConfig(_Section):

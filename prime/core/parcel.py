@@ -20,6 +20,8 @@ from __future__ import annotations
 
 from prime.core import encoding
 from prime.core.errors import DecodeError
+from prime.core.offload import run_sized
+from prime.core.tensors import digest
 
 #: The parcel's own keys and msgpack framing, on top of the envelope and the blob.
 _FRAMING_BYTES = 64
@@ -35,6 +37,11 @@ def pack(envelope: bytes, blob: bytes | None = None) -> bytes:
     if blob is None:
         return envelope
     return encoding.pack({"e": envelope, "b": bytes(blob)})
+
+
+async def is_signed_blob(blob: bytes, signed_digest: str, signed_size: int) -> bool:
+    """Whether an inline blob is the one its record signs (hashed off the loop if large)."""
+    return len(blob) == signed_size and await run_sized(len(blob), digest, blob) == signed_digest
 
 
 def unpack(data: bytes, *, max_blob_bytes: int) -> tuple[bytes, bytes | None]:

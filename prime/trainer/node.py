@@ -343,7 +343,7 @@ class TrainerNode:
             expires=now + self.config.security.record_ttl,
         )
         sealed = record.seal(self.identity).to_bytes()
-        await self._publish_update(ann.round, sealed, b"".join(parts) if size <= net.inline_blob_max_bytes else None)
+        await self._publish_update(ann.round, sealed, b"".join(parts) if net.rides_inline(size) else None)
         self.last_submitted_round = ann.round
         self._last_update = record
         if self.rounds_trained % self.config.fault_tolerance.checkpoint_interval == 0:
@@ -354,7 +354,7 @@ class TrainerNode:
     async def _model_bytes(self, ann: RoundAnnouncement, inline: bytes | None) -> bytes | memoryview:
         """The announced model: the inline copy if it is the signed one, else fetched by digest."""
         if inline is not None:
-            if len(inline) == ann.model_size and await run_sized(len(inline), tensors.digest, inline) == ann.model_digest:
+            if await parcel.is_signed_blob(inline, ann.model_digest, ann.model_size):
                 self.model_fetcher.counts["inline"] += 1
                 return inline
             self._drop("bad_inline_model", f"round {ann.round}: inline bytes do not match the signed digest")
