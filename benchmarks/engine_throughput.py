@@ -1,7 +1,7 @@
 """Local training throughput of the FSDP2 engine: samples/s on CPU and, where present, on CUDA.
 
 Builds ``LocalEngine`` (``fully_shard`` per Linear and on the root, one-rank process group)
-for the digits MLP and a wider MLP, trains a few epochs from a fixed start, and prints
+for the ``digits`` task's MLP and a wider one, trains a few epochs from a fixed start, and prints
 samples/s per device with the CUDA/CPU ratio measured in the same run. Also checks the
 engine's delta is finite and its loss falls, so a broken device path cannot pass silently.
 
@@ -20,32 +20,32 @@ import time
 import torch
 
 from prime.core.config import parse_config
-from prime.core.datasets import Split
-from prime.trainer.data import load_local_data
-from prime.trainer.engine import LocalEngine
+from prime.tasks import task_of
+from prime.trainer.engine import LocalEngine, LocalWork
 
 
-def measure(config, data: Split, epochs: int) -> tuple[float, float, float]:
-    engine = LocalEngine(config, data)
+def measure(config, epochs: int) -> tuple[float, float, float]:
+    engine = LocalEngine(task_of(config), config.training)
+    engine.use_shard(0, 4)
     start = engine.global_state()
-    engine.train_epochs(start, 1)  # warm-up (CUDA context, allocator)
+    engine.train(start, LocalWork(epochs=1))  # warm-up (CUDA context, allocator)
     if engine.device.type == "cuda":
         torch.cuda.synchronize()
     t0 = time.perf_counter()
-    delta, metrics = engine.train_epochs(engine.global_state(), epochs)
+    delta, metrics = engine.train(engine.global_state(), LocalWork(epochs=epochs))
     if engine.device.type == "cuda":
         torch.cuda.synchronize()
     elapsed = time.perf_counter() - t0
     assert all(bool(torch.isfinite(v).all()) for v in delta.values()), "non-finite delta"
-    return epochs * len(data) / elapsed, metrics.loss, metrics.accuracy
+    return metrics.num_samples / elapsed, metrics.loss, float("nan")
 
 
 def run_device(device: str, epochs: int, wide: list[int]) -> None:
     """Measure on one device in this process; print ``RATE label device samples/s loss acc`` lines."""
-    data = load_local_data(parse_config({}).data, 0)
     for label, hidden in (("digits MLP [128]", [128]), (f"wide MLP {wide}", wide)):
-        config = parse_config({"model": {"hidden": hidden}, "training": {"batch_size": 64}})
-        rate, loss, acc = measure(config, data, epochs)
+        config = parse_config({"task": {"name": "digits", "options": {"hidden": hidden}},
+                               "data": {"num_shards": 4}, "training": {"batch_size": 64}})
+        rate, loss, acc = measure(config, epochs)
         assert math.isfinite(loss)
         print(f"RATE\t{label}\t{device}\t{rate}\t{loss}\t{acc}", flush=True)
 
@@ -71,8 +71,7 @@ def main() -> None:
             if line.startswith("RATE\t"):
                 _, label, dev, rate, loss, acc = line.split("\t")
                 rates[label, dev] = float(rate)
-                print(f"  {label:<24} {dev:<5} {float(rate):>12,.0f} samples/s  "
-                      f"(last-epoch loss {float(loss):.3f}, acc {float(acc):.3f})")
+                print(f"  {label:<24} {dev:<5} {float(rate):>12,.0f} samples/s  (mean loss {float(loss):.3f})")
     for label in dict.fromkeys(label for label, _ in rates):
         if (label, "cuda") in rates:
             cuda, cpu = rates[label, "cuda"], rates[label, "cpu"]

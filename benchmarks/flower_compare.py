@@ -1,6 +1,6 @@
 """prime vs Flower 1.41.0 (deployment mode), side by side: seconds and protocol overhead per round.
 
-The same MLP (``build_model(ModelConfig())``) on the same non-IID digits split
+The same MLP (the ``digits`` task's) on the same non-IID digits split
 (Dirichlet α=0.5, 20% held out), the same optimizer, batch order, rounds and local
 epochs, train-only (the server evaluates the global model on the held-out set after
 each round, as prime's coordinator does), for 2, 4 and 8 trainers:

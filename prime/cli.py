@@ -53,18 +53,21 @@ def dht_node(args: argparse.Namespace) -> int:
 def demo(args: argparse.Namespace) -> int:
     from prime.demo import run_demo
 
+    if args.rounds is None:
+        args.rounds = 10 if args.task == "stdlib-lm" else 20
     return run_demo(trainers=args.trainers, rounds=args.rounds, workdir=args.workdir, as_json=args.json,
-                    local_epochs=args.local_epochs)
+                    local_epochs=args.local_epochs, task=args.task)
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="prime", description="prime: verifiable federated training.")
     sub = p.add_subparsers(dest="command", required=True)
 
-    d = sub.add_parser("demo", help="run a local network: broker, DHT, coordinator and N trainers on digits")
+    d = sub.add_parser("demo", help="run a local network: broker, DHT, coordinator and N trainers on one task")
+    d.add_argument("--task", default="digits", help="digits (default) or stdlib-lm (the tiny byte-level LM)")
     d.add_argument("--trainers", type=int, default=4)
-    d.add_argument("--rounds", type=int, default=20)
-    d.add_argument("--local-epochs", type=int, default=2)
+    d.add_argument("--rounds", type=int, help="rounds to run (default: 20 for digits, 10 for stdlib-lm)")
+    d.add_argument("--local-epochs", type=int, default=2, help="digits: local epochs per round")
     d.add_argument("--workdir", type=Path, help="where configs, logs, keys and models go (default ./runs/demo-TIME)")
     d.add_argument("--json", action="store_true", help="print only the final summary as one JSON object")
     d.set_defaults(func=demo)

@@ -1,10 +1,12 @@
 """``prime demo``: a whole prime network on one machine, every part a real process.
 
 Starts the embedded MQTT broker, a DHT bootstrap node, the coordinator and N
-trainers as separate OS processes talking over 127.0.0.1, trains an MLP on
-scikit-learn's digits split non-IID across the trainers, and prints per-round
-progress and the final reward table. ``LocalNetwork`` is also what the
-integration tests use to start and kill real processes.
+trainers as separate OS processes talking over 127.0.0.1, trains a task (by default
+``digits``: an MLP on scikit-learn's digits split non-IID across the trainers; or
+``stdlib-lm``: the tiny byte-level transformer on the standard library's own source,
+one group of modules per trainer) and prints per-round held-out metrics and the final
+reward table. ``LocalNetwork`` is also what the integration tests use to start and kill
+real processes.
 """
 
 from __future__ import annotations
@@ -24,22 +26,53 @@ from prime.core.config import JobConfig, dump_toml, parse_config
 from prime.core.errors import CoordinatorError, PrimeError
 from prime.core.identity import Identity
 from prime.core.net import free_port
+from prime.tasks import task_of
+
+
+def _digits_job(trainers: int, rounds: int, local_epochs: int, local_steps: int | None) -> dict[str, Any]:
+    return {
+        "job_id": "digits-demo",
+        "task": {"name": "digits", "options": {"hidden": [128], "dirichlet_alpha": 0.5, "test_fraction": 0.2}},
+        "training": {"batch_size": 32, "learning_rate": 0.05, "optimizer": {"name": "sgd", "momentum": 0.9}},
+        "federated": {"rounds": rounds, "local_epochs": local_epochs, "local_steps": local_steps or 0,
+                      "min_clients": trainers, "participation_rate": 1.0, "round_timeout": 30.0, "reward_pool": 100.0},
+    }
+
+
+#: Optimizer steps each trainer takes per round of the language-model demo (H).
+LM_LOCAL_STEPS = 20
+
+
+def _stdlib_lm_job(trainers: int, rounds: int, local_epochs: int, local_steps: int | None) -> dict[str, Any]:
+    local_steps = local_steps or LM_LOCAL_STEPS
+    steps = rounds * local_steps  # each trainer's optimizer steps over the job: the schedule's length
+    return {
+        "job_id": "stdlib-lm-demo",
+        "task": {"name": "stdlib-lm", "options": {"preset": "tiny", "validation_sequences": 128}},
+        "training": {"batch_size": 16, "learning_rate": 3e-3, "gradient_clipping": 1.0,
+                     "optimizer": {"name": "adamw", "beta2": 0.99, "weight_decay": 0.01},
+                     "scheduler": {"name": "cosine", "warmup_steps": 10, "t_max": steps, "eta_min": 3e-4}},
+        "federated": {"rounds": rounds, "local_steps": local_steps, "min_clients": trainers,
+                      "participation_rate": 1.0, "round_timeout": 60.0, "reward_pool": 100.0},
+    }
+
+
+#: Built-in tasks the demo can run, with their demo jobs.
+DEMO_JOBS = {"digits": _digits_job, "stdlib-lm": _stdlib_lm_job}
 
 
 def demo_job(trainers: int, rounds: int, local_epochs: int, mqtt_url: str, coordinator_key: str,
-             trainer_keys: dict[str, str], **overrides: Any) -> JobConfig:
-    """The demo's job: digits, Dirichlet(0.5) over ``trainers`` shards, FedAvg."""
-    data: dict[str, Any] = {
-        "job_id": "digits-demo",
-        "coordinator_key": coordinator_key,
-        "model": {"name": "mlp", "input_dim": 64, "hidden": [128], "num_classes": 10},
-        "data": {"dataset": "digits", "num_partitions": trainers, "dirichlet_alpha": 0.5, "test_fraction": 0.2},
-        "training": {"batch_size": 32, "learning_rate": 0.05, "optimizer": {"name": "sgd", "momentum": 0.9}},
-        "federated": {"rounds": rounds, "local_epochs": local_epochs, "min_clients": trainers,
-                      "participation_rate": 1.0, "round_timeout": 30.0, "reward_pool": 100.0},
-        "network": {"mqtt_url": mqtt_url, "heartbeat_interval": 0.5, "timeout": 5.0},
-        "admission": {"trainers": trainer_keys},
-    }
+             trainer_keys: dict[str, str], *, task: str | dict[str, Any] = "digits", local_steps: int | None = None,
+             **overrides: Any) -> JobConfig:
+    """The demo's job for ``task`` with ``trainers`` shards; ``overrides`` replace keys per section.
+
+    ``task`` names a demo task, or is a whole ``[task]`` section (a user's task) trained with
+    the digits demo's recipe. ``local_steps`` (H) replaces the task's local work per round."""
+    data = DEMO_JOBS[task](trainers, rounds, local_epochs, local_steps) if isinstance(task, str) else \
+        {**_digits_job(trainers, rounds, local_epochs, local_steps), "task": task, "job_id": "user-task-demo"}
+    data.update({"coordinator_key": coordinator_key, "admission": {"trainers": trainer_keys},
+                 "network": {"mqtt_url": mqtt_url, "heartbeat_interval": 0.5, "timeout": 5.0}})
+    data["data"] = {"num_shards": trainers}
     for section, values in overrides.items():
         data[section] = {**data.get(section, {}), **values} if isinstance(values, dict) else values
     return parse_config(data, "demo job")
@@ -49,6 +82,7 @@ class LocalNetwork:
     """Starts and stops the processes of a one-machine prime network under ``workdir``."""
 
     def __init__(self, workdir: Path, trainers: int, rounds: int, local_epochs: int = 2, *,
+                 task: str | dict[str, Any] = "digits", local_steps: int | None = None,
                  extra_admitted: dict[str, str] | None = None, **overrides: Any) -> None:
         self.workdir = Path(workdir).resolve()
         self.logs = self.workdir / "logs"
@@ -62,7 +96,7 @@ class LocalNetwork:
         keys = {name: Identity.load_or_create(self.trainer_dir(name), name).public_key_hex for name in self.trainer_names}
         keys.update(extra_admitted or {})
         self.config = demo_job(trainers, rounds, local_epochs, f"mqtt://127.0.0.1:{self.broker_port}",
-                               coordinator_key, keys, **overrides)
+                               coordinator_key, keys, task=task, local_steps=local_steps, **overrides)
         self.config_path = self.workdir / "job.toml"
         self.config_path.write_text(dump_toml(self.config))
         self.procs: dict[str, subprocess.Popen] = {}
@@ -84,11 +118,11 @@ class LocalNetwork:
         self._spawn("dht", "-m", "prime", "dht-node", "--listen", f"127.0.0.1:{self.dht_port}")
         _wait_for_port(self.broker_port, self.procs["broker"], self.logs / "broker.log")
 
-    def start_coordinator(self) -> subprocess.Popen:
+    def start_coordinator(self, *extra: str) -> subprocess.Popen:
         return self._spawn(
             "coordinator", "-m", "prime.coordinator.cli", "--config", str(self.config_path),
             "--data-dir", str(self.coordinator_dir), "--listen", f"127.0.0.1:{self.coordinator_port}",
-            "--bootstrap", f"127.0.0.1:{self.dht_port}",
+            "--bootstrap", f"127.0.0.1:{self.dht_port}", *extra,
         )
 
     def start_standby(self) -> subprocess.Popen:
@@ -104,13 +138,15 @@ class LocalNetwork:
             "--bootstrap", f"127.0.0.1:{self.dht_port}",
         )
 
-    def start_trainer(self, index: int, *extra: str) -> subprocess.Popen:
+    def start_trainer(self, index: int, *extra: str, ranks: int = 1) -> subprocess.Popen:
+        """Trainer ``index`` as one process, or as ``ranks`` processes under ``torchrun`` (one node)."""
         name = self.trainer_names[index]
         ports = [self.coordinator_port, *([self.standby_port] if "standby" in self.procs else []), self.dht_port]
+        launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={ranks}"] if ranks > 1 else []
         return self._spawn(
-            name, "-m", "prime.trainer.cli", "--node-id", name, "--config", str(self.config_path),
+            name, *launcher, "-m", "prime.trainer.cli", "--node-id", name, "--config", str(self.config_path),
             "--coordinators", ",".join(f"127.0.0.1:{port}" for port in ports),
-            "--data-dir", str(self.trainer_dir(name)), "--data-partition", str(index), *extra,
+            "--data-dir", str(self.trainer_dir(name)), *extra,
         )
 
     def start_all(self) -> None:
@@ -178,27 +214,35 @@ def _wait_for_port(port: int, proc: subprocess.Popen, log: Path, timeout: float 
     raise CoordinatorError(f"nothing listening on 127.0.0.1:{port} after {timeout}s; see {log}")
 
 
-def run_demo(*, trainers: int, rounds: int, workdir: Path | None, as_json: bool, local_epochs: int = 2) -> int:
+def run_demo(*, trainers: int, rounds: int, workdir: Path | None, as_json: bool, local_epochs: int = 2,
+             task: str = "digits") -> int:
     if trainers < 1 or rounds < 1:
         print("error: --trainers and --rounds must be at least 1", file=sys.stderr)
         return 2
-    workdir = workdir or Path("runs") / time.strftime("demo-%Y%m%d-%H%M%S")
+    if task not in DEMO_JOBS:
+        print(f"error: the demo runs {', '.join(DEMO_JOBS)}; for other tasks write a job config "
+              f"(README: Running a network by hand)", file=sys.stderr)
+        return 2
+    workdir = workdir or Path("runs") / time.strftime(f"demo-{task}-%Y%m%d-%H%M%S")
     say = (lambda *a, **k: None) if as_json else print
     started = time.monotonic()
-    net = LocalNetwork(workdir, trainers, rounds, local_epochs)
-    say(f"prime demo: {trainers} trainers, {rounds} rounds, digits MLP, Dirichlet(0.5) non-IID split")
+    net = LocalNetwork(workdir, trainers, rounds, local_epochs, task=task)
+    spec = task_of(net.config)
+    headline = spec.metrics[:2]
+    say(f"prime demo: {trainers} trainers, {rounds} rounds, task {task} ({spec.spec.description})")
     say(f"  workdir {net.workdir}")
     try:
         net.start_all()
         say(f"  started broker :{net.broker_port}, DHT node :{net.dht_port}, coordinator :{net.coordinator_port}, "
             f"{trainers} trainers (each a separate process)")
-        say(f"{'round':>7} {'accuracy':>9} {'loss':>7} {'trainers':>8} {'seconds':>8}")
+        say(f"{'round':>7} " + " ".join(f"{m:>13}" for m in headline) + f" {'trainers':>8} {'seconds':>8}")
         shown, status = 0, None
         while True:
             status = net.status() or status
             for row in (status or {}).get("rounds", [])[shown:]:
-                say(f"{row['round']:>4}/{rounds:<2} {row['accuracy']:>9.4f} {row['loss']:>7.4f} "
-                    f"{row['participants']:>8} {row['seconds']:>8.2f}", flush=True)
+                values = " ".join(f"{row['metrics'].get(m, float('nan')):>13.4f}" for m in headline)
+                say(f"{row['round']:>4}/{rounds:<2} {values} {row['participants']:>8} {row['seconds']:>8.2f}",
+                    flush=True)
                 shown += 1
             if shown >= rounds:
                 break
@@ -219,8 +263,11 @@ def run_demo(*, trainers: int, rounds: int, workdir: Path | None, as_json: bool,
     finally:
         net.stop_all()
     status = net.status() or status
+    final = status["rounds"][-1]["metrics"]
     summary = {
-        "final_accuracy": status["rounds"][-1]["accuracy"],
+        "task": task,
+        "final_metrics": final,
+        "first_round_metrics": status["rounds"][0]["metrics"],
         "rounds_committed": status["rounds_committed"],
         "rewards": status["rewards"],
         "rejected_updates": len(status["rejected_updates"]),
@@ -228,14 +275,17 @@ def run_demo(*, trainers: int, rounds: int, workdir: Path | None, as_json: bool,
         "wall_seconds": round(time.monotonic() - started, 2),
         "workdir": str(net.workdir),
     }
+    if "accuracy" in final:
+        summary["final_accuracy"] = final["accuracy"]
     if as_json:
         print(json.dumps(summary))
         return 0
-    print(f"\nfinal test accuracy {summary['final_accuracy']:.4f} after {summary['rounds_committed']} rounds "
-          f"in {summary['wall_seconds']:.1f}s")
+    shown = ", ".join(f"{m} {final[m]:.4f}" for m in headline if m in final)
+    print(f"\nfinal held-out {shown} after {summary['rounds_committed']} rounds in {summary['wall_seconds']:.1f}s")
     print(f"rewards (tokens; ledger hash chain {'valid' if summary['ledger_valid'] else 'BROKEN'}):")
     for node, amount in summary["rewards"].items():
         print(f"  {node:<14} {amount:>10.4f}")
     print(f"artifacts: {net.workdir}  (job.toml, logs/, coordinator/coordinator.sqlite, */blobs/)")
     print(f"inspect:   prime-coordinator status --data-dir {net.coordinator_dir}")
+    print(f"export:    prime-coordinator export --data-dir {net.coordinator_dir} --out model.safetensors")
     return 0

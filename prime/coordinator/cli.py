@@ -9,9 +9,11 @@ from pathlib import Path
 
 from prime.console import LOG_LEVELS, hostport, hostport_list, run_main, setup_logging
 from prime.coordinator.daemon import Coordinator
+from prime.coordinator.export import export_version
 from prime.coordinator.status import format_status, read_status
 from prime.core.config import load_config
 from prime.core.errors import PrimeError
+from prime.tasks.exported import card_path
 
 
 def status_main(argv: list[str]) -> int:
@@ -28,12 +30,32 @@ def status_main(argv: list[str]) -> int:
     return 0
 
 
+def export_main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="prime-coordinator export",
+                                description="Write a committed model version as safetensors plus a JSON card.")
+    p.add_argument("--data-dir", required=True, type=Path)
+    p.add_argument("--version", default="latest", help="model version number, or latest (default)")
+    p.add_argument("--out", required=True, type=Path, help="weights file to write, e.g. model.safetensors")
+    args = p.parse_args(argv)
+    try:
+        card = export_version(args.data_dir, args.version, args.out)
+    except PrimeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps({"weights": str(args.out), "card": str(card_path(args.out)), **card}, indent=2))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["status"]:
         return status_main(argv[1:])
+    if argv[:1] == ["export"]:
+        return export_main(argv[1:])
     p = argparse.ArgumentParser(
-        prog="prime-coordinator", description="Run federated rounds. Subcommand: status --data-dir DIR [--json]."
+        prog="prime-coordinator",
+        description="Run federated rounds. Subcommands: status --data-dir DIR [--json]; "
+                    "export --data-dir DIR [--version N|latest] --out model.safetensors.",
     )
     p.add_argument("--config", required=True, type=Path, help="job config (TOML or JSON)")
     p.add_argument("--data-dir", required=True, type=Path, help="state dir: key, SQLite database, model blobs")
@@ -43,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--standby", action="store_true",
                    help="start as a standby: mirror the primary's checkpoints, take over when it dies "
                         "(copy the primary's node.key into this --data-dir)")
+    p.add_argument("--data-path", type=Path, help="data directory or file, for tasks that read files "
+                                                   "(the held-out validation set comes from it)")
     p.add_argument("--log-level", choices=LOG_LEVELS, default="info")
     args = p.parse_args(argv)
     setup_logging(args.log_level, "standby" if args.standby else "coordinator")
@@ -51,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         config = load_config(args.config)
         coordinator = await Coordinator.create(
             config, data_dir=args.data_dir, listen=args.listen, mqtt_url=args.mqtt_url, bootstrap=args.bootstrap,
-            standby=args.standby,
+            standby=args.standby, data_path=args.data_path,
         )
         on_stop(coordinator.stop)
         try:

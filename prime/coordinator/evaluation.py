@@ -1,4 +1,9 @@
-"""Held-out evaluation of each committed global model (accuracy and loss)."""
+"""Held-out evaluation of each committed global model, through the job's task.
+
+The coordinator alone holds the task's validation set; the metrics (accuracy for
+classifiers; loss, perplexity and bits per byte for language models) are committed with
+the round and shown by ``status``.
+"""
 
 from __future__ import annotations
 
@@ -6,13 +11,9 @@ import torch
 from torch import nn
 
 from prime.core.datasets import Split
+from prime.tasks.spec import Task
 
 
-@torch.no_grad()
-def evaluate(model: nn.Module, state: dict[str, torch.Tensor], test: Split) -> tuple[float, float]:
+def evaluate(task: Task, model: nn.Module, state: dict[str, torch.Tensor], validation: Split) -> dict[str, float]:
     model.load_state_dict(state)
-    model.eval()
-    logits = model(test.x)
-    loss = float(nn.functional.cross_entropy(logits, test.y))
-    accuracy = float((logits.argmax(1) == test.y).float().mean())
-    return accuracy, loss
+    return task.evaluate(model, validation)

@@ -16,24 +16,22 @@ import asyncio
 import logging
 import random
 import time
-from typing import TYPE_CHECKING
-
+from prime.coordinator.leadership import Leadership
+from prime.coordinator.services import CoordinatorServices
 from prime.core.errors import PrimeError
 from prime.core.net import parse_hostport
 from prime.core.records import RoundCommitted, StandbyStatus, dht_checkpoint_name
 from prime.core.retry import with_retries
 from prime.dht.blobfetch import fetch_from_any
 
-if TYPE_CHECKING:
-    from prime.coordinator.daemon import Coordinator
-
 log = logging.getLogger(__name__)
 
 
 class StandbyRole:
-    def __init__(self, coordinator: "Coordinator", *, flagged: bool) -> None:
-        self.c = coordinator
-        interval = coordinator.config.network.heartbeat_interval
+    def __init__(self, services: CoordinatorServices, leadership: Leadership, *, flagged: bool) -> None:
+        self.s = services
+        self.leadership = leadership
+        interval = services.config.network.heartbeat_interval
         # The broker is the arbiter: it publishes the primary's (pre-signed) Last Will only once the
         # primary's connection is really gone, so a Will allows a quick takeover. A coordinator started
         # with --standby waits a little longer than one that stepped down, so two standbys facing a dead
@@ -46,7 +44,7 @@ class StandbyRole:
 
     @property
     def mirrored_round(self) -> int:
-        return self.c.store.last_committed_round()
+        return self.s.store.last_committed_round()
 
     def holds(self, round_number: int, model_digest: str) -> bool:
         """Whether our state already contains exactly this commit (or a later one).
@@ -55,7 +53,7 @@ class StandbyRole:
         committed it locally as primary and died before announcing it): the published one wins."""
         if round_number < self.mirrored_round:
             return True
-        latest = self.c.store.latest_version()
+        latest = self.s.store.latest_version()
         return round_number == self.mirrored_round and latest is not None and latest[1] == model_digest
 
     def on_committed(self, committed: RoundCommitted) -> None:
@@ -63,24 +61,24 @@ class StandbyRole:
         if self.latest is None or committed.round >= self.latest.round:
             self.latest = committed
         if not self.holds(committed.round, committed.model_digest):
-            self.c._spawn(self._mirror(committed.round, committed.checkpoint_digest, committed.model_digest,
+            self.s.spawn(self._mirror(committed.round, committed.checkpoint_digest, committed.model_digest,
                                        committed.providers))
 
     async def _mirror(self, round_number: int, checkpoint: str, model: str, providers: list[str]) -> bool:
         async with self._mirror_lock:
             if self.holds(round_number, model):
                 return True
-            net, ft = self.c.config.network, self.c.config.fault_tolerance
+            net, ft = self.s.config.network, self.s.config.fault_tolerance
             addresses = [parse_hostport(p) for p in providers]
             try:
                 for digest in (checkpoint, model):
                     await with_retries(
-                        lambda d=digest: fetch_from_any(addresses, d, self.c.peer.blobs,
+                        lambda d=digest: fetch_from_any(addresses, d, self.s.peer.blobs,
                                                         max_bytes=net.max_message_size, timeout=net.timeout),
                         what=f"mirroring round {round_number}", max_retries=ft.max_retries,
                     )
-                image = await asyncio.to_thread(self.c.peer.blobs.read_bytes, checkpoint)
-                self.c.store.restore(image, self.c.config.job_id, self.c.identity.public_key)
+                image = await asyncio.to_thread(self.s.peer.blobs.read_bytes, checkpoint)
+                self.s.store.restore(image, self.s.config.job_id, self.s.identity.public_key)
             except PrimeError as exc:
                 log.warning("standby: could not mirror round %d yet: %s", round_number, exc)
                 return False
@@ -90,17 +88,17 @@ class StandbyRole:
 
     async def _ack(self) -> None:
         now = time.time()
-        status = StandbyStatus(job_id=self.c.config.job_id, term=max(self.c.highest_term, 1),
+        status = StandbyStatus(job_id=self.s.config.job_id, term=max(self.leadership.highest_term, 1),
                                mirrored_round=self.mirrored_round, issued=now, expires=now + 60)
         try:
-            await self.c.bus.publish(self.c.topics.standby, status.seal(self.c.identity).to_bytes())
+            await self.s.bus.publish(self.s.topics.standby, status.seal(self.s.identity).to_bytes())
         except PrimeError as exc:
             log.warning("standby: ack not sent: %s", exc)
 
     async def _catch_up_from_dht(self) -> None:
         """The DHT pointer names the newest checkpoint even if we missed its bus notice."""
         try:
-            pointer = await self.c.peer.dht.get(self.c.identity.public_key, dht_checkpoint_name(self.c.config.job_id))
+            pointer = await self.s.peer.dht.get(self.s.identity.public_key, dht_checkpoint_name(self.s.config.job_id))
         except PrimeError:
             return
         if (isinstance(pointer, dict) and isinstance(pointer.get("round"), int)
@@ -113,21 +111,21 @@ class StandbyRole:
 
     async def until_takeover(self) -> int:
         """Mirror and ack until the primary is gone; return the term to lead with."""
-        interval = self.c.config.network.heartbeat_interval
-        key = self.c.identity.public_key
+        interval = self.s.config.network.heartbeat_interval
+        key = self.s.identity.public_key
         last_alive = time.monotonic()
         last_ack = 0.0
-        log.info("standby for job %s: mirroring through round %d", self.c.config.job_id, self.mirrored_round)
+        log.info("standby for job %s: mirroring through round %d", self.s.config.job_id, self.mirrored_round)
         while True:
             await asyncio.sleep(0.2)
             now = time.monotonic()
             if now - last_ack > interval:
                 last_ack = now
                 await self._ack()
-            if self.c.liveness.is_alive(key, within_s=3 * interval):
+            if self.s.liveness.is_alive(key, within_s=3 * interval):
                 last_alive = now
                 continue
-            heartbeat = self.c.liveness.last(key)
+            heartbeat = self.s.liveness.last(key)
             will_received = heartbeat is not None and not heartbeat.online
             if now - last_alive < (self.after_will if will_received else self.after_silence):
                 continue
@@ -138,7 +136,7 @@ class StandbyRole:
                 log.warning("standby: primary is gone but round %d's checkpoint is unreachable; "
                             "not taking over behind it", self.latest.round)
                 continue
-            term = self.c.highest_term + 1
+            term = self.leadership.highest_term + 1
             log.warning("standby: primary %s %.1fs ago; taking over at round %d with term %d",
                         "died (Last Will)" if will_received else "went silent", now - last_alive,
                         self.mirrored_round + 1, term)

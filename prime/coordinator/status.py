@@ -5,6 +5,7 @@ Reads the SQLite database read-only, so it is safe while the daemon runs.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -44,10 +45,10 @@ def _collect(db: sqlite3.Connection) -> dict[str, Any]:
 
     rounds = [
         dict(zip(("round", "model_version", "participants", "samples", "accuracy", "loss", "seconds", "announcements",
-                  "committed_at"), r))
+                  "committed_at", "metrics"), (*r[:-1], json.loads(r[-1]) if r[-1] else {})))
         for r in db.execute(
-            "SELECT round, model_version, participants, samples, accuracy, loss, seconds, announcements, committed"
-            " FROM rounds ORDER BY round"
+            "SELECT round, model_version, participants, samples, accuracy, loss, seconds, announcements, committed,"
+            " metrics FROM rounds ORDER BY round"
         )
     ]
     versions = [
@@ -77,6 +78,9 @@ def _collect(db: sqlite3.Connection) -> dict[str, Any]:
     return {
         "job_id": meta.get("job_id"),
         "coordinator_key": meta.get("coordinator_key"),
+        "task": meta.get("task"),
+        "task_options": json.loads(meta["task_options"]) if "task_options" in meta else None,
+        "config_digest": meta.get("config_digest"),
         "rounds_committed": len(rounds),
         "rounds": rounds,
         "model_versions": versions,
@@ -89,15 +93,18 @@ def _collect(db: sqlite3.Connection) -> dict[str, Any]:
 
 
 def format_status(status: dict[str, Any]) -> str:
-    lines = [f"job {status['job_id']}  coordinator key {status['coordinator_key']}",
+    lines = [f"job {status['job_id']}  task {status.get('task') or '?'}  coordinator key {status['coordinator_key']}",
              f"committed rounds: {status['rounds_committed']}"]
     if status["rounds"]:
-        lines.append("  round  version  trainers  samples  accuracy    loss  seconds")
+        names = list(dict.fromkeys(k for r in status["rounds"] for k in (r["metrics"] or
+                                   {"accuracy": r["accuracy"], "loss": r["loss"]})))
+        lines.append("  round  version  trainers  samples  " + "  ".join(f"{n[:13]:>13}" for n in names)
+                     + "  seconds")
         for r in status["rounds"]:
-            acc = f"{r['accuracy']:.4f}" if r["accuracy"] is not None else "-"
-            loss = f"{r['loss']:.4f}" if r["loss"] is not None else "-"
+            values = r["metrics"] or {"accuracy": r["accuracy"], "loss": r["loss"]}
+            shown = "  ".join(f"{values[n]:>13.4f}" if values.get(n) is not None else f"{'-':>13}" for n in names)
             lines.append(f"  {r['round']:>5}  {r['model_version']:>7}  {r['participants']:>8}  {r['samples']:>7}"
-                         f"  {acc:>8}  {loss:>6}  {r['seconds']:>7.2f}")
+                         f"  {shown}  {r['seconds']:>7.2f}")
     latest = status["model_versions"][-1] if status["model_versions"] else None
     if latest:
         lines.append(f"model versions: {len(status['model_versions'])} (latest v{latest['version']} {latest['digest'][:16]}…)")

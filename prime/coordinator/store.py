@@ -9,6 +9,7 @@ impossible even if the code above it were wrong.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
 from contextlib import closing
@@ -24,11 +25,11 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS model_versions(
     version INTEGER PRIMARY KEY, digest TEXT NOT NULL, size INTEGER NOT NULL,
-    round INTEGER NOT NULL, created REAL NOT NULL);
+    round INTEGER NOT NULL, created REAL NOT NULL, config_digest TEXT);
 CREATE TABLE IF NOT EXISTS rounds(
     round INTEGER PRIMARY KEY, model_version INTEGER NOT NULL REFERENCES model_versions(version),
     participants INTEGER NOT NULL, samples INTEGER NOT NULL, accuracy REAL, loss REAL,
-    seconds REAL NOT NULL, announcements INTEGER NOT NULL, committed REAL NOT NULL);
+    seconds REAL NOT NULL, announcements INTEGER NOT NULL, committed REAL NOT NULL, metrics TEXT);
 CREATE TABLE IF NOT EXISTS updates(
     round INTEGER NOT NULL, node_key BLOB NOT NULL, node_name TEXT NOT NULL, digest TEXT NOT NULL,
     num_samples INTEGER NOT NULL, score REAL NOT NULL, train_seconds REAL,
@@ -54,6 +55,10 @@ class AcceptedUpdate:
     train_seconds: float | None = None
 
 
+#: Columns added since the first schema: (table, column, type). Older databases get them on open.
+_ADDED_COLUMNS = (("model_versions", "config_digest", "TEXT"), ("rounds", "metrics", "TEXT"))
+
+
 @dataclass(frozen=True)
 class RoundCommit:
     round: int
@@ -61,10 +66,12 @@ class RoundCommit:
     model_size: int
     updates: list[AcceptedUpdate]
     rewards: dict[bytes, int]
-    accuracy: float | None
-    loss: float | None
+    #: The task's held-out metrics of the new model (``accuracy``, ``loss``, ``bits_per_byte``, …).
+    metrics: dict[str, float]
     seconds: float
     announcements: int
+    #: Digest of the job's agreed terms the round ran under (``prime/core/agreement.py``).
+    config_digest: str | None = None
 
 
 class CoordinatorStore:
@@ -79,6 +86,9 @@ class CoordinatorStore:
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.execute("PRAGMA foreign_keys=ON")
         self.db.executescript(_SCHEMA)
+        for table, column, kind in _ADDED_COLUMNS:
+            if column not in {row[1] for row in self.db.execute(f"PRAGMA table_info({table})")}:
+                self.db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
 
     def close(self) -> None:
         self.db.close()
@@ -129,6 +139,11 @@ class CoordinatorStore:
                     f"{self.path} belongs to {key}={row[0]!r}, not {value!r}; use another --data-dir"
                 )
 
+    def bind_task(self, name: str, options: dict, config_digest: str) -> None:
+        """Record what this job trains (read by ``export`` and ``status``); the latest start wins."""
+        rows = (("task", name), ("task_options", json.dumps(options, sort_keys=True)), ("config_digest", config_digest))
+        self.db.executemany("INSERT OR REPLACE INTO meta(key, value) VALUES(?, ?)", rows)
+
     # -- reads ------------------------------------------------------------------------
     def latest_version(self) -> tuple[int, str, int] | None:
         """(version, digest, size) of the newest committed model, or None before genesis."""
@@ -154,11 +169,11 @@ class CoordinatorStore:
         return [LedgerEntry(*row) for row in rows]
 
     # -- writes -----------------------------------------------------------------------
-    def record_genesis(self, digest: str, size: int) -> None:
+    def record_genesis(self, digest: str, size: int, config_digest: str | None = None) -> None:
         if self.latest_version() is None:
             self.db.execute(
-                "INSERT INTO model_versions(version, digest, size, round, created) VALUES(0, ?, ?, 0, ?)",
-                (digest, size, time.time()),
+                "INSERT INTO model_versions(version, digest, size, round, created, config_digest) VALUES(0, ?, ?, 0, ?, ?)",
+                (digest, size, time.time(), config_digest),
             )
 
     def add_pending(self, round_number: int, node_key: bytes, envelope: bytes) -> None:
@@ -198,13 +213,15 @@ class CoordinatorStore:
         version = int(latest) + 1
         now = time.time()
         cur.execute(
-            "INSERT INTO model_versions(version, digest, size, round, created) VALUES(?, ?, ?, ?, ?)",
-            (version, commit.model_digest, commit.model_size, commit.round, now),
+            "INSERT INTO model_versions(version, digest, size, round, created, config_digest) VALUES(?, ?, ?, ?, ?, ?)",
+            (version, commit.model_digest, commit.model_size, commit.round, now, commit.config_digest),
         )
         cur.execute(
-            "INSERT INTO rounds VALUES(?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO rounds(round, model_version, participants, samples, accuracy, loss, seconds, announcements,"
+            " committed, metrics) VALUES(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (commit.round, version, len(commit.updates), sum(u.num_samples for u in commit.updates),
-             commit.accuracy, commit.loss, commit.seconds, commit.announcements, now),
+             commit.metrics.get("accuracy"), commit.metrics.get("loss"), commit.seconds, commit.announcements, now,
+             json.dumps(commit.metrics, sort_keys=True)),
         )
         cur.executemany(
             "INSERT INTO updates VALUES(?, ?, ?, ?, ?, ?, ?)",

@@ -2,7 +2,7 @@
 
 Two stages. ``check_record`` is cheap and runs on the signed record alone
 (signature already verified by the envelope): admission, job, round, model version,
-selection, duplicates. ``check_tensors`` runs on the decoded blob: names, shapes,
+selection, assigned shard, duplicates. ``check_tensors`` runs on the decoded blob: names, shapes,
 dtypes must match the global model, values must be finite and the L2 norm bounded. Each refusal is an
 ``UpdateRejected`` with a short reason code that lands in the database.
 """
@@ -39,6 +39,9 @@ def check_record(
         )
     if signer not in announcement.selected:
         raise UpdateRejected("not_selected", f"not selected for round {record.round}")
+    assigned = announcement.shard_of(signer)
+    if record.shard is not None and record.shard != assigned:
+        raise UpdateRejected("wrong_shard", f"trained on shard {record.shard}, the round assigned shard {assigned}")
     if record.blob_size > config.network.max_message_size:
         raise UpdateRejected("oversize", f"blob of {record.blob_size} bytes exceeds {config.network.max_message_size}")
     if record.num_samples <= 0:

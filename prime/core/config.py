@@ -14,7 +14,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from prime.core.errors import ConfigError
 
@@ -48,15 +48,31 @@ class OptimizerConfig(_Section):
 
 
 class SchedulerConfig(_Section):
-    """Learning-rate schedule over a trainer's global epoch count (round-deterministic)."""
+    """Learning rate per optimizer step: linear warmup, then constant or cosine decay.
+
+    Steps count across rounds (a trainer's step counter is in its checkpoint), so a
+    restarted trainer continues the schedule where it stopped."""
 
     name: SchedulerName = SchedulerName.CONSTANT
+    #: Optimizer steps of linear warmup from 0 to ``learning_rate``.
+    warmup_steps: int = Field(0, ge=0)
+    #: Optimizer steps (after warmup) over which cosine decays to ``eta_min``; held there after.
     t_max: int = Field(100, gt=0)
     eta_min: float = Field(0.0, ge=0.0)
 
 
+class Precision(str, Enum):
+    FP32 = "fp32"
+    #: FSDP2 MixedPrecisionPolicy: bf16 parameters in forward/backward, fp32 gradient reduction,
+    #: fp32 master weights (the delta a trainer sends is fp32).
+    BF16 = "bf16"
+
+
 class TrainingConfig(_Section):
+    #: Samples per micro-batch (sequences for language models) on one node, split evenly across its ranks.
     batch_size: int = Field(32, gt=0)
+    #: Micro-batches whose gradients add up to one optimizer step.
+    gradient_accumulation: int = Field(1, gt=0)
     learning_rate: float = Field(0.05, gt=0.0)
     #: Local epochs a trainer runs over the whole job; past it the trainer stops taking rounds (0: no limit).
     max_epochs: int = Field(0, ge=0)
@@ -64,6 +80,11 @@ class TrainingConfig(_Section):
     scheduler: SchedulerConfig = SchedulerConfig()
     #: Max global L2 norm of gradients per step (0: no clipping).
     gradient_clipping: float = Field(0.0, ge=0.0)
+    precision: Precision = Precision.FP32
+    #: Recompute each shard unit's activations in backward (less memory, ~1/3 more compute).
+    activation_checkpointing: bool = False
+    #: ``torch.compile`` each shard unit (on CUDA; ignored on CPU, where compilation costs more than it saves).
+    compile: bool = False
     seed: int = 0
 
 
@@ -73,7 +94,10 @@ class AggregationStrategy(str, Enum):
 
 class FederatedConfig(_Section):
     aggregation_strategy: AggregationStrategy = AggregationStrategy.FEDAVG
+    #: Local epochs over the trainer's shard per round (ignored when ``local_steps`` is set).
     local_epochs: int = Field(1, gt=0)
+    #: Optimizer steps per round (H, as in DiLoCo); 0 trains ``local_epochs`` epochs instead.
+    local_steps: int = Field(0, ge=0)
     #: Fraction of live admitted trainers selected each round (at least ``min_clients``).
     participation_rate: float = Field(1.0, gt=0.0, le=1.0)
     min_clients: int = Field(2, gt=0)
@@ -134,36 +158,34 @@ class SecurityConfig(_Section):
     max_samples_per_update: int = Field(1_000_000, gt=0)
 
 
-class ModelConfig(_Section):
-    """The model every participant builds; only ``mlp`` ships today."""
+class TaskConfig(_Section):
+    """What is trained: a task by name (``prime/tasks/registry.py``) and the task's own options,
+    which its options model validates (errors name ``task.options.KEY`` and the file)."""
 
-    name: str = "mlp"
-    input_dim: int = Field(64, gt=0)
-    hidden: list[int] = [128]
-    num_classes: int = Field(10, gt=1)
-
-    @field_validator("name")
-    @classmethod
-    def _known_model(cls, value: str) -> str:
-        if value != "mlp":
-            raise ValueError(f"unknown model {value!r}; available: 'mlp'")
-        return value
+    #: A built-in task (``digits``, ``stdlib-lm``), ``package.module:attribute``, or a name
+    #: published under the ``prime.tasks`` entry-point group.
+    name: str = Field("digits", min_length=1, max_length=200)
+    options: dict[str, Any] = {}
 
 
 class DataConfig(_Section):
-    """Which dataset and how it is split across trainers (non-IID Dirichlet over labels)."""
+    """How the task's training data is split among trainers, so no two train on the same shard.
 
-    dataset: str = "digits"
-    num_partitions: int = Field(4, gt=0)
-    dirichlet_alpha: float = Field(0.5, gt=0.0)
-    test_fraction: float = Field(0.2, gt=0.0, lt=1.0)
-    seed: int = 0
+    The coordinator assigns every selected trainer a shard and signs it into the round's
+    announcement: ``shards`` when it lists the trainer, else the trainer's position in
+    ``[admission.trainers]`` (modulo ``num_shards``)."""
 
-    @field_validator("dataset")
+    #: Shards the task's data is cut into; 0: one per admitted trainer.
+    num_shards: int = Field(0, ge=0)
+    #: Trainer name (as in ``[admission.trainers]``) → shard index.
+    shards: dict[str, int] = {}
+
+    @field_validator("shards")
     @classmethod
-    def _known_dataset(cls, value: str) -> str:
-        if value != "digits":
-            raise ValueError(f"unknown dataset {value!r}; available: 'digits'")
+    def _non_negative(cls, value: dict[str, int]) -> dict[str, int]:
+        for name, index in value.items():
+            if index < 0:
+                raise ValueError(f"trainer {name!r}: shard index must be >= 0")
         return value
 
 
@@ -201,7 +223,7 @@ class JobConfig(_Section):
     job_id: str = Field("prime-job", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     #: The coordinator's public key (hex); trainers refuse announcements and models it did not sign.
     coordinator_key: str | None = None
-    model: ModelConfig = ModelConfig()
+    task: TaskConfig = TaskConfig()
     data: DataConfig = DataConfig()
     training: TrainingConfig = TrainingConfig()
     federated: FederatedConfig = FederatedConfig()
@@ -217,12 +239,44 @@ class JobConfig(_Section):
             raise ValueError("must be 64 hex digits (prime keygen prints it)")
         return value.lower() if value else value
 
+    #: Where this config was read from, for error messages (``job.toml: key …``).
+    _source: str = PrivateAttr("<config>")
+
     @model_validator(mode="after")
     def _consistent(self) -> "JobConfig":
         n = len(self.admission.trainers)
         if n and not self.admission.open and self.federated.min_clients > n:
             raise ValueError(f"federated.min_clients={self.federated.min_clients} exceeds the {n} admitted trainers")
+        unknown = sorted(set(self.data.shards) - set(self.admission.trainers))
+        if unknown:
+            raise ValueError(f"data.shards names trainers not in [admission.trainers]: {', '.join(unknown)}")
+        count = self.num_shards
+        wide = sorted(name for name, index in self.data.shards.items() if index >= count)
+        if wide:
+            raise ValueError(f"data.shards: {', '.join(wide)} outside shards 0..{count - 1} (data.num_shards)")
         return self
+
+    @property
+    def source(self) -> str:
+        return self._source
+
+    def __eq__(self, other: object) -> bool:  # where a config was read from is not part of what it says
+        return type(other) is type(self) and self.model_dump() == other.model_dump()
+
+    @property
+    def num_shards(self) -> int:
+        """Shards the training data is cut into (``data.num_shards``, else one per admitted trainer)."""
+        return self.data.num_shards or max(1, len(self.admission.trainers))
+
+    def shard_of(self, public_key: bytes) -> int:
+        """The shard the coordinator assigns a trainer: listed in ``data.shards``, else by its
+        position in ``[admission.trainers]``; an unlisted key (open jobs) by a hash of the key."""
+        names = [name for name, key in self.admission.trainers.items() if key == public_key.hex()]
+        if names and names[0] in self.data.shards:
+            return self.data.shards[names[0]]
+        if names:
+            return list(self.admission.trainers).index(names[0]) % self.num_shards
+        return int.from_bytes(public_key[:4], "big") % self.num_shards
 
     @property
     def coordinator_public_key(self) -> bytes | None:
@@ -240,12 +294,40 @@ def _format_errors(exc: ValidationError, source: str) -> str:
     return "invalid config\n  " + "\n  ".join(lines)
 
 
+#: Keys of earlier prime versions, and what to write instead.
+_MOVED = {
+    ("model",): "the model is the task's: write [task] name = \"digits\" and put hidden/input_dim/num_classes "
+                "under [task.options]",
+    ("data", "dataset"): "the data set is the task's: write [task] name = \"digits\"",
+    ("data", "num_partitions"): "write data.num_shards",
+    ("data", "dirichlet_alpha"): "write it under [task.options] (digits task)",
+    ("data", "test_fraction"): "write it under [task.options] (digits task)",
+    ("data", "seed"): "write split_seed under [task.options] (digits task)",
+}
+
+
+def _moved_keys(data: dict[str, Any], source: str) -> list[str]:
+    found = []
+    for path, advice in _MOVED.items():
+        node: Any = data
+        for part in path:
+            node = node.get(part) if isinstance(node, dict) else None
+        if node is not None:
+            found.append(f"{source}: key '{'.'.join(path)}' is no longer read; {advice}")
+    return found
+
+
 def parse_config(data: dict[str, Any], source: str = "<config>") -> JobConfig:
     """Validate a mapping into a ``JobConfig``; errors name each bad key and the source."""
+    moved = _moved_keys(data, source)
+    if moved:
+        raise ConfigError("invalid config\n  " + "\n  ".join(moved))
     try:
-        return JobConfig.model_validate(data)
+        config = JobConfig.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(_format_errors(exc, source)) from None
+    config._source = source
+    return config
 
 
 def load_config(path: str | Path) -> JobConfig:

@@ -1,8 +1,8 @@
-"""Real data that ships offline, and the non-IID split that makes federated learning hard.
+"""The data a task hands the engine, and the label-skewed split that makes federated learning hard.
 
-``digits``: scikit-learn's bundled 8×8 handwritten digits (1,797 images). A fixed,
-seeded test split is held out; the rest is partitioned across trainers with a
-Dirichlet(alpha) distribution over labels, so each trainer sees a skewed mix.
+A ``Split`` is inputs and targets indexed by sample (for language models, windows of a
+byte stream). ``dirichlet_partition`` deals a labelled set out to trainers with a
+Dirichlet(alpha) distribution over labels per class, so each trainer sees a skewed mix.
 """
 
 from __future__ import annotations
@@ -20,20 +20,6 @@ class Split:
 
     def __len__(self) -> int:
         return len(self.y)
-
-
-def load_digits_split(test_fraction: float, seed: int) -> tuple[Split, Split]:
-    """(train, test) of the digits set, features scaled to [0, 1]."""
-    from sklearn.datasets import load_digits
-
-    data = load_digits()
-    x = (data.data / 16.0).astype(np.float32)
-    y = data.target.astype(np.int64)
-    order = np.random.default_rng(seed).permutation(len(y))
-    n_test = int(round(len(y) * test_fraction))
-    test, train = order[:n_test], order[n_test:]
-    as_split = lambda idx: Split(torch.from_numpy(x[idx]), torch.from_numpy(y[idx]))  # noqa: E731
-    return as_split(train), as_split(test)
 
 
 def dirichlet_partition(labels: np.ndarray, num_partitions: int, alpha: float, seed: int) -> list[np.ndarray]:

@@ -62,3 +62,8 @@ class UpdateRejected(PrimeError):
         self.reason = reason
         self.detail = detail
         super().__init__(f"{reason}: {detail}" if detail else reason)
+
+
+class TaskError(PrimeError):
+    """A task cannot be resolved (unknown name, entry point that fails to import) or its data
+    cannot be read (the message names the file)."""

@@ -6,9 +6,9 @@ these models give them types and refuse anything malformed with ``DecodeError``.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Annotated, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from prime.core import envelope
 from prime.core.envelope import Domain, Envelope
@@ -55,11 +55,31 @@ class RoundAnnouncement(_Record):
     model_size: int = Field(ge=0)
     providers: list[str] = Field(max_length=32)
     selected: list[bytes] = Field(max_length=4096)
+    #: The shard of the task's data each selected trainer trains on (``shards[i]`` is ``selected[i]``'s).
+    shards: list[int] = Field(max_length=4096)
+    num_shards: int = Field(ge=1)
+    #: Digest of the job's agreed terms (``prime/core/agreement.py``); trainers with other terms refuse.
+    config_digest: str = Field(pattern=_DIGEST)
     deadline: float
     issued: float
     expires: float
     #: Rounds the job runs in total (0: forever); lets trainers know when to stop.
     total_rounds: int = Field(ge=0)
+
+    @model_validator(mode="after")
+    def _shard_per_trainer(self) -> "RoundAnnouncement":
+        if len(self.shards) != len(self.selected):
+            raise ValueError(f"{len(self.shards)} shards for {len(self.selected)} selected trainers")
+        if any(not 0 <= s < self.num_shards for s in self.shards):
+            raise ValueError(f"a shard index lies outside 0..{self.num_shards - 1}")
+        return self
+
+    def shard_of(self, public_key: bytes) -> int | None:
+        """The shard this round assigns ``public_key`` (None if it was not selected)."""
+        try:
+            return self.shards[self.selected.index(public_key)]
+        except ValueError:
+            return None
 
 
 class UpdateRecord(_Record):
@@ -75,6 +95,8 @@ class UpdateRecord(_Record):
     blob_digest: str = Field(pattern=_DIGEST)
     blob_size: int = Field(ge=0)
     num_samples: int = Field(ge=0)
+    #: The shard it trained on, as the announcement assigned; None: the trainer's own data.
+    shard: Annotated[int, Field(ge=0)] | None
     metrics: dict[str, float] = Field(max_length=16)
     providers: list[str] = Field(max_length=8)
     issued: float
@@ -95,7 +117,8 @@ class RoundCommitted(_Record):
     providers: list[str] = Field(max_length=32)
     total_rounds: int = Field(ge=0)
     participants: int = Field(ge=0)
-    accuracy: float | None = None
+    #: The task's held-out metrics of the committed model (``bits_per_byte``, ``accuracy``, …).
+    metrics: dict[str, float] = Field(max_length=16)
     issued: float
     expires: float
 

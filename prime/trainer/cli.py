@@ -1,4 +1,9 @@
-"""``prime-trainer``: run one trainer node until the job ends."""
+"""``prime-trainer``: run one trainer node until the job ends.
+
+Under ``torchrun --nproc-per-node N -m prime.trainer.cli …`` the N processes are one node:
+rank 0 runs the node (identity, bus, DHT, blobs, checkpoints); the others only train,
+following rank 0 (``prime/trainer/ranks.py``).
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,8 @@ from pathlib import Path
 
 from prime.console import LOG_LEVELS, hostport, hostport_list, run_main, setup_logging
 from prime.core.config import load_config
+from prime.core.errors import PrimeError
+from prime.trainer.distributed import close_process_group, is_leader, resolve_device
 from prime.trainer.node import TrainerNode
 
 
@@ -21,13 +28,37 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--listen", type=hostport, default=("127.0.0.1", 0), help="HOST:PORT for DHT (UDP) and blobs (TCP)")
     p.add_argument("--mqtt-url", help="MQTT broker URL (default: the job config's, else mqtt://127.0.0.1:1883)")
     p.add_argument("--round", type=int, default=1, help="join from this round (skip earlier ones)")
-    p.add_argument("--data-partition", type=int, help="which shard of the job's dataset (default: hash of node id)")
+    p.add_argument("--data-partition", type=int,
+                   help="train on this shard only (default: the shard each round's announcement assigns)")
+    p.add_argument("--data-path", type=Path, help="data directory or file, for tasks that read files")
+    p.add_argument("--device", choices=("cpu", "cuda"), help="where to train (default: the local GPU if any, else cpu)")
     p.add_argument("--log-level", choices=LOG_LEVELS, default="info")
     return p.parse_args(argv)
 
 
+def follow_rank0(args: argparse.Namespace) -> int:
+    """A torchrun rank above 0: build the same engine and take part in what rank 0 leads."""
+    from prime.tasks import task_of
+    from prime.trainer.engine import LocalEngine
+
+    try:
+        config = load_config(args.config)
+        engine = LocalEngine(task_of(config), config.training, device=resolve_device(args.device),
+                             data_path=args.data_path)
+        engine.follow()
+    except PrimeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        close_process_group()
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if not is_leader():
+        setup_logging(args.log_level, f"{args.node_id}/rank")
+        return follow_rank0(args)
     setup_logging(args.log_level, args.node_id)
 
     async def run(on_stop) -> int:
@@ -35,7 +66,8 @@ def main(argv: list[str] | None = None) -> int:
         node = await TrainerNode.create(
             args.node_id, config, data_dir=args.data_dir or Path("prime-data") / args.node_id,
             coordinators=args.coordinators, mqtt_url=args.mqtt_url, listen=args.listen,
-            start_round=args.round, data_partition=args.data_partition,
+            start_round=args.round, data_partition=args.data_partition, data_path=args.data_path,
+            device=args.device,
         )
         on_stop(node.stop)
         try:
@@ -45,7 +77,10 @@ def main(argv: list[str] | None = None) -> int:
             await node.close()
         return 0
 
-    return run_main(run)
+    try:
+        return run_main(run)
+    finally:
+        close_process_group()
 
 
 if __name__ == "__main__":

@@ -1,18 +1,30 @@
-"""Local training engine: one FSDP2-sharded model, its optimizer and schedule.
+"""Local training engine: one FSDP2-sharded model of a task, its optimizer and schedule.
 
-The engine knows nothing of rounds or networks: it loads a global state, trains
-some epochs on local data, and returns the delta (local minus global). It exposes
-``state_dict``/``load_state_dict`` so trainer checkpoints capture model, optimizer
-and data position together.
+The engine knows nothing of rounds or networks: it loads a global state, runs the
+round's local work (epochs, or H optimizer steps) on its data, and returns the delta
+(local minus global, in fp32 against the fp32 global weights). It exposes
+``state_dict``/``load_state_dict`` so trainer checkpoints capture model, optimizer,
+schedule step and data position together.
+
+Under ``torchrun`` one node is several ranks. Every public method here is then a
+collective: rank 0 (which owns the node's network side) calls it, and first tells the
+other ranks, which wait in :meth:`LocalEngine.follow`, to make the same call. Every
+rank receives the global state by broadcast, trains on its own slice of each global
+batch (so the node's update is what one process computes on the whole batch), FSDP2
+reduces the gradients, and rank 0 gathers the full state for the delta.
 """
 
 from __future__ import annotations
 
+import functools
+import logging
 import math
+import threading
 import time
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
 from torch import nn
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
@@ -21,25 +33,43 @@ from torch.distributed.checkpoint.state_dict import (
     set_model_state_dict,
     set_optimizer_state_dict,
 )
-from torch.distributed.fsdp import fully_shard
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor
+from torch.utils.checkpoint import checkpoint
 
-from prime.core.config import JobConfig, OptimizerName, SchedulerName, TrainingConfig
+from prime.core.config import FederatedConfig, OptimizerName, Precision, SchedulerName, TrainingConfig
 from prime.core.datasets import Split
-from prime.core.models import build_model
-from prime.trainer.data import batches
-from prime.trainer.distributed import device, ensure_process_group
+from prime.core.errors import TrainerError
+from prime.tasks.spec import Shard, Task
+from prime.trainer.data import DataPosition, global_batches, rank_slice
+from prime.trainer.distributed import ensure_process_group
+from prime.trainer.ranks import Command, RankChannel
 
+log = logging.getLogger(__name__)
 StateDict = dict[str, torch.Tensor]
 _FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
 
 
 @dataclass(frozen=True)
-class EpochMetrics:
-    loss: float
-    accuracy: float
+class LocalWork:
+    """What one round asks of a trainer: ``steps`` optimizer steps, or else ``epochs`` epochs."""
+
+    epochs: int = 1
+    steps: int = 0
+
+    @classmethod
+    def of(cls, federated: FederatedConfig) -> "LocalWork":
+        return cls(epochs=federated.local_epochs, steps=federated.local_steps)
+
+
+@dataclass(frozen=True)
+class TrainMetrics:
+    loss: float  # mean training loss over the round's micro-batches (all ranks)
     samples_per_second: float
-    num_samples: int
+    tokens_per_second: float
+    num_samples: int  # samples the node trained on this round (all ranks)
+    steps: int  # optimizer steps this round
+    seconds: float  # wall time of the step loop (synchronized on CUDA)
 
 
 def _plain(tensor: torch.Tensor) -> torch.Tensor:
@@ -49,98 +79,252 @@ def _plain(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.detach().to("cpu", copy=True)  # on CPU .to() would alias the live parameters
 
 
-def shard_model(model: nn.Module) -> nn.Module:
-    """Apply FSDP2: each child block is its own shard unit, then the root."""
-    for module in model.modules():
-        if isinstance(module, nn.Linear):
-            fully_shard(module)
-    fully_shard(model)
+def _checkpointed(unit: nn.Module) -> None:
+    """Recompute ``unit``'s activations in backward instead of keeping them (same names, same math)."""
+    forward = unit.forward
+    unit.forward = functools.partial(checkpoint, forward, use_reentrant=False)
+
+
+def shard_model(model: nn.Module, units: list[nn.Module], training: TrainingConfig, device: torch.device,
+                world_size: int = 1) -> nn.Module:
+    """Apply FSDP2: each of the task's shard units, then the root.
+
+    bf16 precision is FSDP2's ``MixedPrecisionPolicy``: parameters are cast to bf16 for
+    forward and backward, gradients are reduced in fp32, and the sharded master weights stay
+    fp32. On one rank there is nothing to reshard for, so unsharded parameters stay between
+    forward and backward (one cast per step instead of two)."""
+    bf16 = training.precision is Precision.BF16
+    policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 \
+        else MixedPrecisionPolicy()
+    reshard = world_size > 1
+    for unit in units:
+        if training.activation_checkpointing:
+            _checkpointed(unit)
+        if training.compile and device.type == "cuda":
+            unit.compile()
+        fully_shard(unit, mp_policy=policy, reshard_after_forward=reshard)
+    fully_shard(model, mp_policy=policy, reshard_after_forward=reshard)
     return model
 
 
-def build_optimizer(params, config: TrainingConfig) -> torch.optim.Optimizer:
+def build_optimizer(params, config: TrainingConfig, device: torch.device) -> torch.optim.Optimizer:
     opt = config.optimizer
     if opt.name is OptimizerName.SGD:
         return torch.optim.SGD(params, lr=config.learning_rate, momentum=opt.momentum, weight_decay=opt.weight_decay)
-    betas = (opt.beta1, opt.beta2)
+    kwargs = {"lr": config.learning_rate, "betas": (opt.beta1, opt.beta2), "weight_decay": opt.weight_decay}
+    if device.type == "cuda":
+        kwargs["fused"] = True  # one kernel for the whole update instead of several per parameter
     if opt.name is OptimizerName.ADAM:
-        return torch.optim.Adam(params, lr=config.learning_rate, betas=betas, weight_decay=opt.weight_decay)
-    return torch.optim.AdamW(params, lr=config.learning_rate, betas=betas, weight_decay=opt.weight_decay)
+        return torch.optim.Adam(params, **kwargs)
+    return torch.optim.AdamW(params, **kwargs)
 
 
-def learning_rate(config: TrainingConfig, epoch: int) -> float:
-    """Learning rate for a trainer's ``epoch``-th local epoch (0-based)."""
+def learning_rate(config: TrainingConfig, step: int) -> float:
+    """Learning rate of a trainer's ``step``-th optimizer step (0-based, counted across rounds)."""
     sched = config.scheduler
+    if step < sched.warmup_steps:
+        return config.learning_rate * (step + 1) / sched.warmup_steps
     if sched.name is SchedulerName.CONSTANT:
         return config.learning_rate
-    t = min(epoch, sched.t_max)
+    t = min(step - sched.warmup_steps, sched.t_max)
     return sched.eta_min + (config.learning_rate - sched.eta_min) * (1 + math.cos(math.pi * t / sched.t_max)) / 2
 
 
-class LocalEngine:
-    def __init__(self, config: JobConfig, data: Split, model: nn.Module | None = None) -> None:
-        ensure_process_group()
-        self.config = config
-        self.data = data
-        self.device = device()
-        if model is None:
-            model = build_model(config.model, seed=config.training.seed)
-        self.model = shard_model(model.to(self.device))
-        self.optimizer = build_optimizer(self.model.parameters(), config.training)
-        self.epochs_done = 0
+def state_mismatch(model_state: StateDict, global_state: StateDict) -> list[str]:
+    """What differs between a model's state and the job's global state (empty: they match)."""
+    problems = [f"missing in this model: {k}" for k in sorted(set(global_state) - set(model_state))]
+    problems += [f"not in the global model: {k}" for k in sorted(set(model_state) - set(global_state))]
+    for name in sorted(set(model_state) & set(global_state)):
+        mine, theirs = model_state[name], global_state[name]
+        if tuple(mine.shape) != tuple(theirs.shape):
+            problems.append(f"{name}: shape {tuple(mine.shape)} here, {tuple(theirs.shape)} in the global model")
+    return problems
 
+
+class LocalEngine:
+    def __init__(self, task: Task, training: TrainingConfig, model: nn.Module | None = None, *,
+                 device: torch.device | None = None, data_path=None) -> None:
+        self.device = ensure_process_group(device)
+        self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
+        self.task = task
+        self.training = training
+        self.data_path = data_path
+        self.channel = RankChannel(self.rank, self.world_size, self.device)
+        model = model if model is not None else task.build_model(training.seed)
+        self.shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+        self.model = shard_model(model.to(self.device), task.shard_units(model), training, self.device,
+                                 self.world_size)
+        self.optimizer = build_optimizer(self.model.parameters(), training, self.device)
+        self.data: Split | None = None
+        self.shard: Shard | None = None
+        self.position = DataPosition()
+        self.steps_done = 0
+        self._lock = threading.Lock()  # one collective at a time (the round and a user's save_checkpoint)
+        self._closed = False
+
+    @property
+    def epochs_done(self) -> int:
+        return self.position.epoch
+
+    # -- data ------------------------------------------------------------------------------
+    def use_data(self, data: Split) -> None:
+        """Train on data the caller brings (an embedded trainer's own data; one rank only)."""
+        if self.world_size > 1:
+            raise TrainerError("a multi-rank node loads its shard on every rank: use use_shard")
+        self.data, self.shard = data, None
+
+    def use_shard(self, index: int, count: int) -> None:
+        """Train on shard ``index`` of ``count`` of the task's data (loaded on every rank)."""
+        with self._lock:
+            self.channel.lead(Command.SHARD, index, count)
+            self._use_shard(index, count)
+
+    def _use_shard(self, index: int, count: int) -> None:
+        shard = Shard(index, count, self.data_path)
+        if shard != self.shard:
+            self.data, self.shard = self.task.load_shard(shard), shard
+
+    # -- state ------------------------------------------------------------------------------
     def global_state(self) -> StateDict:
-        """The model's full (unsharded) weights on CPU, as plain tensors."""
+        """The model's full (unsharded) weights on CPU as plain tensors (on rank 0; {} elsewhere)."""
         state = get_model_state_dict(self.model, options=_FULL)
         return {k: _plain(v) for k, v in state.items()}
 
-    def load_global(self, state: StateDict) -> None:
-        # set_model_state_dict replaces the dict's values with DTensors: give it a copy.
-        set_model_state_dict(self.model, dict(state), options=StateDictOptions(full_state_dict=True))
+    def check_matches(self, state: StateDict) -> None:
+        """Raise ``TrainerError`` naming what differs if ``state`` does not fit this node's model."""
+        problems = state_mismatch({k: torch.empty(s, device="meta") for k, s in self.shapes.items()}, state)
+        if problems:
+            raise TrainerError("this node's model does not match the job's global model:\n  "
+                               + "\n  ".join(problems[:20]))
 
-    def train_epochs(self, start: StateDict, epochs: int) -> tuple[StateDict, EpochMetrics]:
-        """Train ``epochs`` local epochs from ``start``; return (delta, last epoch's metrics)."""
+    def load_global(self, state: StateDict) -> None:
+        """Load the full global state; on several ranks rank 0 holds it and broadcasts it."""
+        options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=self.world_size > 1)
+        # set_model_state_dict replaces the dict's values with DTensors: give it a copy.
+        set_model_state_dict(self.model, dict(state) if self.rank == 0 else {}, options=options)
+
+    def train(self, start: StateDict, work: LocalWork) -> tuple[StateDict, TrainMetrics]:
+        """Run one round's local work from ``start``; return (delta, metrics). ``start`` is read on rank 0."""
+        if self.data is None:
+            raise TrainerError("no training data: call use_shard or use_data first")
+        self.check_matches(start)  # before the other ranks are told: a refusal must not strand them
+        with self._lock:
+            self.channel.lead(Command.TRAIN, work.epochs, work.steps)
+            return self._train(start, work)
+
+    def _train(self, start: StateDict, work: LocalWork) -> tuple[StateDict, TrainMetrics]:
         self.load_global(start)
         self.model.train()
-        metrics = EpochMetrics(0.0, 0.0, 0.0, 0)
-        for _ in range(epochs):
-            metrics = self._one_epoch()
+        metrics = self._run(work)
         end = self.global_state()
-        delta = {k: end[k] - start[k].to(end[k].dtype) for k in end}
+        delta = {k: end[k] - start[k].to(end[k].dtype) for k in end} if self.rank == 0 else {}
         return delta, metrics
 
-    def _one_epoch(self) -> EpochMetrics:
-        cfg = self.config.training
-        for group in self.optimizer.param_groups:
-            group["lr"] = learning_rate(cfg, self.epochs_done)
+    def _run(self, work: LocalWork) -> TrainMetrics:
+        cfg = self.training
+        accumulation = cfg.gradient_accumulation
+        stop_epoch = self.position.epoch + work.epochs
+        loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
+        micro, samples, steps = 0, 0, 0
+        # Step-counted work (the language-model way) drops an epoch's short last batch, so every step
+        # sees a full batch and one rank computes what N ranks do.
+        batches = global_batches(len(self.data), self.task.batch_size(cfg.batch_size), cfg.seed, self.position,
+                                 self.world_size, drop_last=work.steps > 0)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
         t0 = time.perf_counter()
-        loss_sum, correct, seen = 0.0, 0, 0
-        for x, y in batches(self.data, cfg.batch_size, cfg.seed, self.epochs_done):
-            x, y = x.to(self.device), y.to(self.device)
-            logits = self.model(x)
-            loss = nn.functional.cross_entropy(logits, y)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.gradient_clipping > 0:
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.gradient_clipping)
-            self.optimizer.step()
-            loss_sum += float(loss.detach()) * len(y)
-            correct += int((logits.detach().argmax(1) == y).sum())
-            seen += len(y)
-        self.epochs_done += 1
-        elapsed = max(time.perf_counter() - t0, 1e-9)
-        return EpochMetrics(loss_sum / max(seen, 1), correct / max(seen, 1), seen / elapsed, seen)
+        pending = 0  # micro-batches accumulated toward the next optimizer step
+        while not (work.steps and steps >= work.steps):
+            batch = next(batches)
+            if not work.steps and batch.epoch >= stop_epoch:
+                break
+            if pending == 0:
+                for group in self.optimizer.param_groups:
+                    group["lr"] = learning_rate(cfg, self.steps_done)
+            mine = rank_slice(batch.index, self.rank, self.world_size)
+            x = self.data.x[mine].to(self.device, non_blocking=True)
+            y = self.data.y[mine].to(self.device, non_blocking=True)
+            pending += 1
+            last_micro = pending == accumulation or (not work.steps and batch.last)
+            if self.world_size > 1:
+                self.model.set_requires_gradient_sync(last_micro)  # reduce once per step, not per micro-batch
+            loss = self.task.loss(self.model, x, y)
+            (loss / accumulation).backward()
+            loss_sum += loss.detach()
+            micro += 1
+            samples += len(batch.index)
+            self.position = batch.next_position
+            if last_micro:
+                if pending < accumulation:  # an epoch's short last group: scale its gradient up to a mean
+                    for p in self.model.parameters():
+                        if p.grad is not None:
+                            p.grad.mul_(accumulation / pending)
+                if cfg.gradient_clipping > 0:
+                    torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.gradient_clipping)
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                self.steps_done += 1
+                steps += 1
+                pending = 0
+        totals = torch.stack([loss_sum, torch.tensor(float(micro), device=self.device, dtype=torch.float64)])
+        if self.world_size > 1:
+            dist.all_reduce(totals)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        seconds = max(time.perf_counter() - t0, 1e-9)
+        loss_total, micro_total = totals.tolist()
+        tokens = samples * self.task.tokens_per_sample()
+        return TrainMetrics(loss_total / max(micro_total, 1.0), samples / seconds, tokens / seconds,
+                            samples, steps, seconds)
 
+    # -- checkpoints ------------------------------------------------------------------------
     def state_dict(self) -> dict:
+        """Model, optimizer, schedule step and data position (full tensors on rank 0)."""
+        with self._lock:
+            self.channel.lead(Command.STATE)
+            return self._state_dict()
+
+    def _state_dict(self) -> dict:
         return {
             "model": self.global_state(),
             "optimizer": get_optimizer_state_dict(self.model, self.optimizer, options=_FULL),
-            "epochs_done": self.epochs_done,
+            "position": self.position.as_list(),
+            "steps_done": self.steps_done,
         }
 
     def load_state_dict(self, state: dict) -> None:
-        self.load_global(state["model"])
-        set_optimizer_state_dict(
-            self.model, self.optimizer, state["optimizer"], options=StateDictOptions(full_state_dict=True)
-        )
-        self.epochs_done = int(state["epochs_done"])
+        self.check_matches(state["model"])
+        with self._lock:
+            position = DataPosition.from_list(state["position"])
+            self.channel.lead(Command.LOAD, position.epoch, position.batch, int(state["steps_done"]))
+            self._load_state_dict(state if self.rank == 0 else None, position, int(state["steps_done"]))
+
+    def _load_state_dict(self, state: dict | None, position: DataPosition, steps_done: int) -> None:
+        self.load_global(state["model"] if state else {})
+        options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=self.world_size > 1)
+        set_optimizer_state_dict(self.model, self.optimizer, state["optimizer"] if state else {}, options=options)
+        self.position, self.steps_done = position, steps_done
+
+    def follow(self) -> None:
+        """A rank above 0: take part in whatever rank 0 leads, until it says stop."""
+        log.info("rank %d of %d following rank 0", self.rank, self.world_size)
+        while True:
+            command, args = self.channel.receive()
+            if command is Command.SHARD:
+                self._use_shard(args[0], args[1])
+            elif command is Command.TRAIN:
+                self._train({}, LocalWork(epochs=args[0], steps=args[1]))
+            elif command is Command.STATE:
+                self._state_dict()
+            elif command is Command.LOAD:
+                self._load_state_dict(None, DataPosition(args[0], args[1]), args[2])
+            elif command is Command.STOP:
+                log.info("rank %d: rank 0 says stop", self.rank)
+                return
+
+    def close(self) -> None:
+        """Release the other ranks (they return from ``follow``); idempotent."""
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                self.channel.lead(Command.STOP)

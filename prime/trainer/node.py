@@ -2,8 +2,9 @@
 
 Lifecycle: ``node = await TrainerNode.create(...)``, ``await node.start_training()``
 (returns when the job ends or ``stop()`` is called), ``await node.close()``; or
-``async with`` it. Per round it: verifies the coordinator's signed announcement,
-takes the global model from the announcement (small models ride inline) or fetches it
+``async with`` it. Per round it: verifies the coordinator's signed announcement, checks
+that the job's agreed terms (task, options, data split, training recipe) are its own,
+takes the shard of the task's data the announcement assigns it, takes the global model from the announcement (small models ride inline) or fetches it
 by digest (peer-assisted when it is large: ``modelfetch``), trains locally (FSDP2, in a
 worker thread so the event loop keeps serving), stores its update blob, signs an update
 record, puts it in the DHT under its own key, and sends the record as a notice on the bus
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from collections.abc import Coroutine
@@ -26,9 +28,10 @@ from prime.bus.client import BusClient
 from prime.bus.liveness import Heartbeat
 from prime.bus.topics import Topics
 from prime.core import parcel, tensors
+from prime.core.agreement import differences, job_terms, terms_digest
 from prime.core.config import JobConfig
 from prime.core.datasets import Split
-from prime.core.errors import DecodeError, PrimeError, TrainerError
+from prime.core.errors import BlobError, DecodeError, PrimeError, TrainerError
 from prime.core.identity import Identity
 from prime.core.records import (
     COMMITTED_TTL,
@@ -38,12 +41,15 @@ from prime.core.records import (
     dht_update_name,
     freshness_error,
 )
+from prime.core.offload import run_sized, state_bytes
+from prime.core.net import parse_hostport
+from prime.dht.blobfetch import fetch_verified
 from prime.dht.peer import Peer
+from prime.tasks import task_of
 from prime.telemetry import METRICS_FILE, MetricsFile
 from prime.trainer.checkpoint import AUTO_PREFIX, CheckpointStore
-from prime.trainer.data import load_local_data, partition_for
-from prime.trainer.engine import EpochMetrics, LocalEngine
-from prime.core.offload import run_sized, state_bytes
+from prime.trainer.distributed import resolve_device
+from prime.trainer.engine import LocalEngine, LocalWork, TrainMetrics
 from prime.trainer.modelfetch import ModelFetcher
 
 log = logging.getLogger(__name__)
@@ -62,6 +68,9 @@ class TrainerNode:
         checkpoints: CheckpointStore,
         start_round: int,
         mqtt_url: str,
+        *,
+        pinned_shard: int | None = None,
+        own_data: bool = False,
     ) -> None:
         self.node_id = node_id
         self.config = config
@@ -80,10 +89,15 @@ class TrainerNode:
             max_payload=parcel.max_parcel_bytes(net.inline_blob_max_bytes),
         )
         self.coordinator_key = config.coordinator_public_key
+        self.terms = job_terms(config, engine.task.options_dict())
+        self.terms_digest = terms_digest(self.terms)
+        self._explained: set[str] = set()  # coordinator term digests whose differences were logged
+        self.pinned_shard = pinned_shard  # --data-partition: this node trains on that shard only
+        self.own_data = own_data  # an embedded trainer's own data: no shard of the task's
         self.last_submitted_round = start_round - 1
         self.current_round = 0
         self.is_training = False
-        self.metrics = EpochMetrics(0.0, 0.0, 0.0, 0)
+        self.metrics = TrainMetrics(0.0, 0.0, 0.0, 0, 0, 0.0)
         self.rounds_trained = 0
         self.dropped: dict[str, int] = {}
         self._last_update: UpdateRecord | None = None  # the last update submitted, to re-sign for a new term
@@ -108,48 +122,66 @@ class TrainerNode:
         listen: tuple[str, int] = ("127.0.0.1", 0),
         start_round: int = 1,
         data_partition: int | None = None,
+        data_path: str | Path | None = None,
+        device: str | None = None,
         model: nn.Module | None = None,
         data: Split | None = None,
     ) -> "TrainerNode":
-        """Open identity, local state, DHT and blob peer, and the bus; resume from checkpoints."""
+        """Open identity, local state, DHT and blob peer, and the bus; resume from checkpoints.
+
+        The model and data come from the job's task unless ``model`` / ``data`` are given (an
+        embedded trainer's own module, whose state must match the task's, and its own data).
+        Without ``data`` the node trains on the shard each announcement assigns it, or on
+        ``data_partition`` alone (a round assigning another shard is refused)."""
         if config.coordinator_public_key is None:
             raise TrainerError("job config has no coordinator_key: trainers only follow a pinned coordinator")
+        if data_partition is not None and not 0 <= data_partition < config.num_shards:
+            raise TrainerError(f"--data-partition {data_partition} outside shards 0..{config.num_shards - 1}")
         data_dir = Path(data_dir)
         identity = Identity.load_or_create(data_dir, node_id)
-        if data is None:
-            index = data_partition if data_partition is not None else partition_for(node_id, config.data.num_partitions)
-            data = load_local_data(config.data, index)
-        engine = await asyncio.to_thread(LocalEngine, config, data, model)
+        task = task_of(config)
+        engine = await asyncio.to_thread(LocalEngine, task, config.training, model, device=resolve_device(device),
+                                         data_path=Path(data_path) if data_path else None)
+        if data is not None:
+            engine.use_data(data)
+        elif data_partition is not None:
+            await asyncio.to_thread(engine.use_shard, data_partition, config.num_shards)
         checkpoints = CheckpointStore(data_dir / "checkpoints", keep=config.fault_tolerance.max_checkpoints)
         net = config.network
         peer = await Peer.create(
             data_dir, listen=listen, bootstrap=coordinators, timeout=net.timeout, max_blob_bytes=net.max_message_size
         )
         url = mqtt_url or net.mqtt_url or DEFAULT_MQTT_URL
-        node = cls(node_id, config, identity, engine, peer, checkpoints, start_round, url)
+        node = cls(node_id, config, identity, engine, peer, checkpoints, start_round, url,
+                   pinned_shard=data_partition, own_data=data is not None)
         try:
             await node.bus.connect()
         except BaseException:
             await peer.close()
             raise
-        node._resume()
+        await asyncio.to_thread(node._resume)
         node.heartbeat.start(node.bus)
         node.metrics_file.start()
-        log.info("trainer %s (%s) up at %s, %d local samples", node_id, identity.network_id, peer.address_str, len(data))
+        log.info("trainer %s (%s) up at %s: task %s on %s, %s", node_id, identity.network_id, peer.address_str,
+                 task.name, engine.device, f"{len(data)} own samples" if data is not None else
+                 f"shard {data_partition}" if data_partition is not None else "shard assigned per round")
         return node
 
     def _heartbeat_info(self) -> dict[str, Any]:
         return {"round": self.current_round, "training": self.is_training, "addr": self.peer.address_str}
 
     def _resume(self) -> None:
-        found = self.checkpoints.latest_good()
-        if found is None:
-            return
-        name, payload = found
+        """Continue from the newest checkpoint that verifies and fits this model (others are skipped)."""
         start_after = self.last_submitted_round  # --round N may ask to skip further ahead
-        self._apply_checkpoint(payload)
-        self.last_submitted_round = max(start_after, self.last_submitted_round)
-        log.info("resumed from checkpoint %s (last submitted round %d)", name, self.last_submitted_round)
+        for name in reversed(self.checkpoints.list()):
+            try:
+                self._apply_checkpoint(self.checkpoints.load(name))
+            except (TrainerError, KeyError, TypeError, ValueError) as exc:
+                log.warning("checkpoint %s not used: %s", name, exc)
+                continue
+            self.last_submitted_round = max(start_after, self.last_submitted_round)
+            log.info("resumed from checkpoint %s (last submitted round %d)", name, self.last_submitted_round)
+            return
 
     def _apply_checkpoint(self, payload: dict) -> None:
         """Model, optimizer and data position, plus what was last submitted (to re-sign, not retrain)."""
@@ -177,6 +209,7 @@ class TrainerNode:
             "address": self.peer.address_str,
             "current_round": self.current_round,
             "current_epoch": self.engine.epochs_done,
+            "steps_done": self.engine.steps_done,
             "is_training": self.is_training,
             "rounds_trained": self.rounds_trained,
             "last_submitted_round": self.last_submitted_round,
@@ -184,10 +217,13 @@ class TrainerNode:
         }
 
     def get_training_metrics(self) -> dict[str, float]:
+        """The last round's local training: mean loss, throughput, samples and optimizer steps."""
         return {
             "loss": self.metrics.loss,
-            "accuracy": self.metrics.accuracy,
             "samples_per_second": self.metrics.samples_per_second,
+            "tokens_per_second": self.metrics.tokens_per_second,
+            "num_samples": self.metrics.num_samples,
+            "steps": self.metrics.steps,
         }
 
     def _metrics(self) -> dict:
@@ -240,6 +276,7 @@ class TrainerNode:
         await self.heartbeat.stop()
         await self.bus.close()
         await self.peer.close()
+        await asyncio.to_thread(self.engine.close)  # other ranks of a torchrun node return
 
     # -- the round ---------------------------------------------------------------------
     def _drop(self, reason: str, detail: object) -> None:
@@ -280,6 +317,17 @@ class TrainerNode:
         self.current_round = max(self.current_round, ann.round)
         if self.identity.public_key not in ann.selected or self._answer_if_submitted(ann):
             return
+        if ann.config_digest != self.terms_digest:
+            self._drop("config_mismatch", f"round {ann.round}: the job's terms differ from this node's config")
+            if ann.config_digest not in self._explained:
+                self._explained.add(ann.config_digest)
+                self._spawn(self._explain_mismatch(ann))
+            return
+        shard = ann.shard_of(self.identity.public_key)
+        if self.pinned_shard is not None and shard != self.pinned_shard and not self.own_data:
+            return self._drop("shard_mismatch", f"round {ann.round} assigns shard {shard}, but this node "
+                              f"trains on shard {self.pinned_shard} only (--data-partition); not training "
+                              f"on another trainer's shard")
         max_epochs = self.config.training.max_epochs
         if max_epochs and self.engine.epochs_done >= max_epochs:
             return
@@ -302,6 +350,25 @@ class TrainerNode:
             self._spawn(self.bus.publish(self.topics.updates, again.seal(self.identity).to_bytes()))
         return True
 
+    async def _explain_mismatch(self, ann: RoundAnnouncement) -> None:
+        """Fetch the coordinator's terms (a blob named by the digest it signed) and log what differs."""
+        net = self.config.network
+        try:
+            data = await fetch_verified([parse_hostport(p) for p in ann.providers], ann.config_digest,
+                                        self.peer.blobs, max_bytes=1 << 20, timeout=net.timeout)
+            theirs = json.loads(bytes(data))
+        except (BlobError, ValueError) as exc:
+            log.error("round %d: this node's job config differs from the coordinator's (their terms could not be "
+                      "fetched: %s); not training", ann.round, exc)
+            return
+        lines = differences(self.terms, theirs) if isinstance(theirs, dict) else ["(unreadable terms)"]
+        log.error("round %d: this node's job config differs from the coordinator's; not training until it "
+                  "matches:\n  %s", ann.round, "\n  ".join(lines))
+
+    def _shard_for(self, ann: RoundAnnouncement) -> int | None:
+        """The shard to train on this round (None: the node's own data)."""
+        return None if self.own_data else ann.shard_of(self.identity.public_key)
+
     async def _run_round(self, ann: RoundAnnouncement, inline: bytes | None = None) -> None:
         if self._answer_if_submitted(ann):  # queued while we trained the same round for an earlier announcement
             return
@@ -310,18 +377,21 @@ class TrainerNode:
         net = self.config.network
         self.is_training = True
         try:
+            shard = self._shard_for(ann)
+            if shard is not None:
+                await asyncio.to_thread(self.engine.use_shard, shard, ann.num_shards)
             model_bytes = await self._model_bytes(ann, inline)
             global_state = await run_sized(len(model_bytes), tensors.decode_state, model_bytes,
                                            max_bytes=net.max_message_size)
             train_started = time.perf_counter()
-            delta, metrics = await asyncio.to_thread(
-                self.engine.train_epochs, global_state, self.config.federated.local_epochs
-            )
+            delta, metrics = await asyncio.to_thread(self.engine.train, global_state,
+                                                     LocalWork.of(self.config.federated))
             train_seconds = time.perf_counter() - train_started
             parts = await run_sized(state_bytes(delta), tensors.encode_parts, delta, compress=net.enable_compression)
             digest = await asyncio.to_thread(self.peer.blobs.put_parts, parts)
             size = tensors.parts_size(parts)
         except PrimeError as exc:
+            self.dropped["abandoned_round"] = self.dropped.get("abandoned_round", 0) + 1
             log.error("round %d abandoned: %s", ann.round, exc)
             return
         finally:
@@ -337,7 +407,8 @@ class TrainerNode:
             blob_digest=digest,
             blob_size=size,
             num_samples=metrics.num_samples,
-            metrics={"loss": metrics.loss, "accuracy": metrics.accuracy, "train_seconds": train_seconds},
+            shard=shard,
+            metrics={"loss": metrics.loss, "steps": float(metrics.steps), "train_seconds": train_seconds},
             providers=[self.peer.address_str],
             issued=(now := time.time()),
             expires=now + self.config.security.record_ttl,
@@ -348,8 +419,9 @@ class TrainerNode:
         self._last_update = record
         if self.rounds_trained % self.config.fault_tolerance.checkpoint_interval == 0:
             await self.save_checkpoint(f"{AUTO_PREFIX}{ann.round:06d}")
-        log.info("round %d: trained %d samples, loss %.4f, acc %.3f, update %s…",
-                 ann.round, metrics.num_samples, metrics.loss, metrics.accuracy, digest[:12])
+        log.info("round %d: trained %d samples (%d steps) on %s, loss %.4f, update %s…", ann.round,
+                 metrics.num_samples, metrics.steps, "own data" if shard is None else f"shard {shard}",
+                 metrics.loss, digest[:12])
 
     async def _model_bytes(self, ann: RoundAnnouncement, inline: bytes | None) -> bytes | memoryview:
         """The announced model: the inline copy if it is the signed one, else fetched by digest."""

@@ -11,6 +11,7 @@ sends, one after another:
 - an honest trainer's update from round 1, replayed                   → replay
 - an update whose record has already expired                          → expired
 - an absurd sample count                                              → too_many_samples
+- an update trained on another shard than the round assigned          → wrong_shard
 - a delta with NaN                                                    → not_finite
 - a delta of the wrong shape                                          → wrong_shape
 - a delta with a huge L2 norm                                         → norm_too_large
@@ -36,11 +37,12 @@ from prime.telemetry import read_metrics
 from prime.core import parcel, tensors
 from prime.core.envelope import Envelope
 from prime.core.identity import Identity
-from prime.core.models import build_model
 from prime.core.records import RoundAnnouncement, UpdateRecord
 from prime.demo import LocalNetwork
 from prime.dht.blobservice import BlobServer
 from prime.dht.blobstore import BlobStore
+from prime.tasks import task_of
+from tests import factories
 from tests.integration.netutil import wait_for
 
 pytestmark = pytest.mark.slow
@@ -75,7 +77,8 @@ def test_attacks_are_refused_with_reasons_and_earn_nothing(tmp_path):
     assert read_metrics(net.coordinator_dir)["updates"]["bad_inline_blobs"] >= 1
 
 
-ATTACKS = ["unknown_key", "bad_signature", "replay", "expired", "too_many_samples", "not_finite", "wrong_shape",
+ATTACKS = ["unknown_key", "bad_signature", "replay", "expired", "too_many_samples", "wrong_shard", "not_finite",
+           "wrong_shape",
            "norm_too_large", "oversize", "tampered_blob"]
 
 
@@ -115,7 +118,7 @@ class Mallory:
         raise AssertionError("announcement stream ended")
 
     async def attack(self, ann: RoundAnnouncement) -> None:
-        shapes = {k: v.shape for k, v in build_model(self.config.model).state_dict().items()}
+        shapes = {k: v.shape for k, v in task_of(self.config).build_model(0).state_dict().items()}
         zeros = {k: torch.zeros(s) for k, s in shapes.items()}
         good_blob = tensors.encode_state(zeros)
 
@@ -128,6 +131,8 @@ class Mallory:
         old = time.time() - 3600
         await self.send(ann, "expired", self.seal(self.record(ann, good_blob, issued=old, expires=old + 600)))
         await self.send(ann, "too_many_samples", self.seal(self.record(ann, good_blob, num_samples=10**9)))
+        other_shard = (ann.shard_of(self.key.public_key) + 1) % ann.num_shards
+        await self.send(ann, "wrong_shard", self.seal(self.record(ann, good_blob, shard=other_shard)))
 
         # Refused after fetching and decoding the blob.
         nan = {**zeros, "head.bias": torch.full(shapes["head.bias"], float("nan"))}
@@ -155,7 +160,7 @@ class Mallory:
         fields = dict(job_id=self.config.job_id, term=ann.term, round=ann.round, model_version=ann.model_version, node_name=name,
                       blob_digest=self.store.put_bytes(blob), blob_size=len(blob), num_samples=100, metrics={},
                       providers=[f"{host}:{port}"], issued=now, expires=now + 600)
-        return UpdateRecord(**{**fields, **changes})
+        return factories.update(**{**fields, **changes})
 
     async def send(self, ann: RoundAnnouncement, reason: str, payload: bytes, round_of_reason: int | None = None) -> None:
         """Publish one attack and wait until the coordinator has recorded its refusal."""

@@ -14,9 +14,8 @@ import pytest
 
 from prime.coordinator.evaluation import evaluate
 from prime.core import tensors
-from prime.core.datasets import load_digits_split
 from prime.core.identity import Identity
-from prime.core.models import build_model
+from prime.tasks import task_of
 from prime.core.records import UpdateRecord, dht_update_name
 from prime.core.rewards import to_micro
 from prime.demo import LocalNetwork
@@ -70,9 +69,10 @@ def test_rounds_commit_verified_and_survive_coordinator_kill(network: LocalNetwo
     assert set(status["rewards"]) == set(net.trainer_names)
 
     # The model improved over the initial weights.
-    test = load_digits_split(net.config.data.test_fraction, net.config.data.seed)[1]
-    genesis_acc, _ = evaluate(build_model(net.config.model, seed=net.config.training.seed),
-                              tensors.decode_state(_genesis_bytes(net, status), max_bytes=10**8), test)
+    task = task_of(net.config)
+    genesis = evaluate(task, task.build_model(net.config.training.seed),
+                       tensors.decode_state(_genesis_bytes(net, status), max_bytes=10**8), task.load_validation())
+    genesis_acc = genesis["accuracy"]
     assert status["rounds"][-1]["accuracy"] > max(0.8, genesis_acc + 0.5)
 
     # Each trainer's signed update record for the last round is in the DHT under its own key.

@@ -46,8 +46,7 @@ from prime.core import encoding, tensors
 from prime.core.envelope import Domain, seal
 from prime.core.errors import BlobError, DecodeError
 from prime.core.identity import Identity
-from prime.core.models import build_model
-from prime.core.config import ModelConfig
+from prime.tasks import resolve_task
 from prime.core.net import free_port
 from prime.core.records import RoundAnnouncement, RoundCommitted, UpdateRecord, dht_update_name
 from prime.dht.blobfetch import fetch_blob
@@ -157,7 +156,8 @@ def test_tripwires_catch_real_pickle_use(tripwires: list[str], tmp_path: Path) -
 def _record(cls: type, **fields: Any) -> Any:
     """Build a record, filling the fields every record of that type needs but this test doesn't vary."""
     defaults = {"expires": fields.get("issued", time.time()) + 300, "term": 1,
-                "checkpoint_digest": "aa" * 32, "providers": ["127.0.0.1:9"]}
+                "checkpoint_digest": "aa" * 32, "providers": ["127.0.0.1:9"], "shard": None,
+                "shards": [0] * len(fields.get("selected", [])), "num_shards": 1, "config_digest": "0f" * 32}
     for name, value in defaults.items():
         if name in cls.model_fields and name not in fields:
             fields[name] = value
@@ -196,7 +196,7 @@ async def _dht_round_trip(calls: list[str]) -> None:
 
 async def _blob_round_trip(tmp: Path) -> None:
     """Serve model blobs over TCP, fetch them into another store, decode what arrived."""
-    state = build_model(ModelConfig(name="mlp", input_dim=64, hidden=[16], num_classes=10), seed=1).state_dict()
+    state = resolve_task("digits", {"hidden": [16]}).build_model(1).state_dict()
     served, fetched = BlobStore(tmp / "served"), BlobStore(tmp / "fetched")
     blobs = [tensors.encode_state(state), tensors.encode_state(state, compress=True)]
     digests = [served.put_bytes(blob) for blob in blobs]
@@ -239,7 +239,7 @@ async def _bus_round_trip() -> None:
     update = _record(UpdateRecord, job_id=JOB, round=1, model_version=0, node_name="trainer-1", blob_digest="cd" * 32,
                      blob_size=10, num_samples=5, metrics={}, providers=["127.0.0.1:9"], issued=now)
     committed = _record(RoundCommitted, job_id=JOB, round=1, model_version=1, model_digest="ef" * 32, total_rounds=3,
-                        participants=1, accuracy=0.5, issued=now)
+                        participants=1, metrics={"accuracy": 0.5}, issued=now)
     heartbeat = Heartbeat(TRAINER, topics, interval=1.0, name="trainer-1")
     garbage = [pickle.dumps({"evil": 1}), b"\x80\x04\x95" + bytes(8), b"", b"\xc1",
                encoding.pack({"d": "update", "s": pickle.dumps(1), "p": b"", "g": b""}),

@@ -18,7 +18,7 @@ import pytest
 
 from prime.core import tensors
 from prime.core.identity import Identity
-from prime.core.models import build_model
+from prime.tasks import task_of
 from prime.demo import LocalNetwork, demo_job
 from prime.dht.node import DHTNode
 from prime.dht.swarm import find_providers
@@ -34,7 +34,7 @@ LATE = 0  # index of the trainer that is paused when round 1 is announced
 def demo_model_bytes() -> int:
     """Size of the demo MLP's encoded state: what every announcement's ``model_size`` says."""
     config = demo_job(1, 1, 1, "mqtt://127.0.0.1:1", "00" * 32, {})
-    return len(tensors.encode_state(build_model(config.model, seed=config.training.seed).state_dict()))
+    return len(tensors.encode_state(task_of(config).build_model(config.training.seed).state_dict()))
 
 
 def metrics_of(net: LocalNetwork, index: int) -> dict | None:

@@ -17,19 +17,22 @@ import pytest
 from prime.bus.client import BusClient
 from prime.bus.topics import Topics
 from prime.core import parcel
+from prime.core.agreement import job_terms, terms_digest
 from prime.core.identity import Identity
 from prime.core.records import RoundAnnouncement
 from prime.demo import LocalNetwork
+from prime.tasks import task_of
 from prime.telemetry import read_metrics
+from tests import factories
 
 pytestmark = pytest.mark.slow
 
 
 def announcement(net: LocalNetwork, trainer_key: bytes, issued: float, expires: float) -> RoundAnnouncement:
-    return RoundAnnouncement(
-        term=1, job_id=net.config.job_id, round=1, model_version=0, model_digest="ab" * 32, model_size=10,
-        providers=["127.0.0.1:9"], selected=[trainer_key], deadline=expires, issued=issued, expires=expires,
-        total_rounds=1,
+    terms = terms_digest(job_terms(net.config, task_of(net.config).options_dict()))  # the job's real terms
+    return factories.announcement(
+        job_id=net.config.job_id, round=1, model_version=0, model_size=10, providers=["127.0.0.1:9"],
+        selected=[trainer_key], config_digest=terms, deadline=expires, issued=issued, expires=expires, total_rounds=1,
     )
 
 

@@ -87,8 +87,8 @@ def signed_payloads(draw) -> bytes:
     base = {"job_id": "j", "round": 1, "model_version": 1, "model_digest": "ab" * 32, "model_size": 1,
             "providers": [], "selected": [], "deadline": 1.0, "issued": 1.0, "total_rounds": 0,
             "node_name": "n", "blob_digest": "cd" * 32, "blob_size": 1, "num_samples": 1, "metrics": {},
-            "participants": 1, "accuracy": None, "term": 1, "expires": 2.0, "checkpoint_digest": "ef" * 32,
-            "mirrored_round": 0}
+            "participants": 1, "term": 1, "expires": 2.0, "checkpoint_digest": "ef" * 32,
+            "mirrored_round": 0, "shards": [], "num_shards": 1, "config_digest": "0f" * 32, "shard": None}
     keys = draw(st.sets(st.sampled_from(sorted(base))))
     record = {k: base[k] for k in keys}
     for k in draw(st.sets(st.sampled_from(sorted(base)), max_size=3)):

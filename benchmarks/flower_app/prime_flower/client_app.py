@@ -1,6 +1,6 @@
 """ClientApp: one local-training step of a prime trainer, on Flower.
 
-Same model (``build_model(ModelConfig())``), same Dirichlet shard
+Same model (the ``digits`` task's MLP), same Dirichlet shard
 (``partition-id`` of ``num-partitions``, α=0.5, seed 0, 20% held out), same optimizer
 (SGD lr 0.05, momentum 0.9, batch 32) and batch order as ``prime.trainer.engine``;
 momentum and the epoch counter persist across rounds in ``context.state`` as a
@@ -20,26 +20,32 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 from torch import nn
 
-from prime.core.config import DataConfig, ModelConfig, TrainingConfig
-from prime.core.datasets import load_digits_split, partition
-from prime.core.models import build_model
-from prime.trainer.data import batches
+from prime.core.config import TrainingConfig
+from prime.tasks import Shard, resolve_task
+from prime.trainer.data import DataPosition, global_batches
 
 app = ClientApp()
+TASK = resolve_task("digits", {})  # hidden [128], Dirichlet(0.5), 20% held out, split seed 0
 _DATA: dict[tuple[int, int], object] = {}
 
 
 def _shard(index: int, num: int):
     if (index, num) not in _DATA:
-        cfg = DataConfig(num_partitions=num)
-        train, _ = load_digits_split(cfg.test_fraction, cfg.seed)
-        _DATA[(index, num)] = partition(train, num, index, cfg.dirichlet_alpha, cfg.seed)
+        _DATA[(index, num)] = TASK.load_shard(Shard(index, num))
     return _DATA[(index, num)]
+
+
+def batches(data, batch_size: int, seed: int, epoch: int):
+    """One epoch of prime's batch order (the engine's ``global_batches``)."""
+    for batch in global_batches(len(data), batch_size, seed, DataPosition(epoch, 0)):
+        if batch.epoch != epoch:
+            return
+        yield data.x[batch.index], data.y[batch.index]
 
 
 def _warm_up(data) -> None:
     """One forward/backward/step on a throwaway model: first-call costs of a cold torch."""
-    model = build_model(ModelConfig(), seed=1)
+    model = TASK.build_model(1)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     loss = nn.functional.cross_entropy(model(data.x[:32]), data.y[:32])
     loss.backward()
@@ -57,7 +63,7 @@ def train(msg: Message, context: Context) -> Message:
 
     _warm_up(data)
     started = time.perf_counter()
-    model = build_model(ModelConfig(), seed=cfg.seed)
+    model = TASK.build_model(cfg.seed)
     model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
     epochs_done = 0

@@ -16,9 +16,8 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
 
-from prime.core.config import DataConfig, ModelConfig, TrainingConfig
-from prime.core.datasets import load_digits_split
-from prime.core.models import build_model
+from prime.core.config import TrainingConfig
+from prime.tasks import resolve_task
 
 app = ServerApp()
 
@@ -40,9 +39,9 @@ def main(grid: Grid, context: Context) -> None:
     rounds = int(context.run_config["num-server-rounds"])
     trainers = int(context.run_config["num-trainers"])
     results_path = str(context.run_config["results-path"])
-    data = DataConfig()
-    _, test = load_digits_split(data.test_fraction, data.seed)
-    model = build_model(ModelConfig(), seed=TrainingConfig().seed)
+    task = resolve_task("digits", {})
+    test = task.load_validation()
+    model = task.build_model(TrainingConfig().seed)
     committed: dict[int, float] = {}
     accuracy: dict[int, float] = {}
 

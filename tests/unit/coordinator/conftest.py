@@ -21,7 +21,8 @@ def _make_commit(round_number: int, trainers=TRAINERS[:2], samples=(10, 30), rew
     if rewards is None:
         rewards = {t.public_key: 1_000_000 * n // sum(samples) for t, n in zip(trainers, samples)}
     base = dict(round=round_number, model_digest=f"{round_number:02x}" * 32, model_size=1000 + round_number,
-                updates=updates, rewards=rewards, accuracy=0.5 + round_number / 100, loss=1.0 / (round_number + 1),
+                updates=updates, rewards=rewards,
+                metrics={"accuracy": 0.5 + round_number / 100, "loss": 1.0 / (round_number + 1)},
                 seconds=1.5, announcements=1)
     base.update(kw)
     return RoundCommit(**base)

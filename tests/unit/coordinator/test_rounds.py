@@ -7,19 +7,20 @@ import pytest
 from prime.coordinator.rounds import RoundCollector
 from prime.core.aggregation import FedAvg
 from prime.core.errors import UpdateRejected
+from tests import factories
 from prime.core.records import RoundAnnouncement, UpdateRecord
 
 A, B, C = b"a" * 32, b"b" * 32, b"c" * 32
 
 
 def ann(selected=(A, B)) -> RoundAnnouncement:
-    return RoundAnnouncement(term=1, job_id="job", round=4, model_version=3, model_digest="ab" * 32, model_size=1,
-                             providers=[], selected=list(selected), deadline=1.0, issued=0.0, expires=1.0, total_rounds=0)
+    return factories.announcement(round=4, model_version=3, model_size=1, providers=[], selected=list(selected),
+                                  deadline=1.0, issued=0.0, expires=1.0, total_rounds=0)
 
 
 def rec(digest: str = "11", name: str = "n", samples: int = 5) -> UpdateRecord:
-    return UpdateRecord(term=1, job_id="job", round=4, model_version=3, node_name=name, blob_digest=digest * 32,
-                        blob_size=1, num_samples=samples, metrics={}, providers=[], issued=0.0, expires=600.0)
+    return factories.update(round=4, model_version=3, node_name=name, blob_digest=digest * 32, blob_size=1,
+                            num_samples=samples, metrics={}, providers=[], issued=0.0, expires=600.0)
 
 
 def collector(selected=(A, B)) -> RoundCollector:

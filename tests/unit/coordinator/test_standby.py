@@ -14,9 +14,9 @@ def test_holds_compares_round_and_model(store, coord, trainers):
     store.record_genesis("00" * 32, 1)
     for r, digest in ((1, "11" * 32), (2, "22" * 32)):
         store.commit_round(RoundCommit(r, digest, 1, [AcceptedUpdate(key, "t", "ab" * 32, 1, 1.0)], {key: 1},
-                                       None, None, 0.1, 1), coord)
+                                       {}, 0.1, 1), coord)
     fake = SimpleNamespace(store=store, config=SimpleNamespace(network=SimpleNamespace(heartbeat_interval=0.5)))
-    role = StandbyRole(fake, flagged=True)
+    role = StandbyRole(fake, SimpleNamespace(highest_term=1), flagged=True)
     assert role.holds(1, "anything")  # older rounds: superseded by what we hold
     assert role.holds(2, "22" * 32)
     assert not role.holds(2, "99" * 32)  # same round, other model: the published one must replace ours

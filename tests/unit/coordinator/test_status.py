@@ -14,7 +14,7 @@ from prime.core.identity import network_id
 @pytest.fixture
 def populated(store, coord, trainers, make_commit):
     store.commit_round(make_commit(1, trainers=trainers[:2], samples=(10, 30)), coord)
-    store.commit_round(make_commit(2, trainers=trainers[1:3], samples=(1, 1), accuracy=None, loss=None), coord)
+    store.commit_round(make_commit(2, trainers=trainers[1:3], samples=(1, 1), metrics={}), coord)
     store.record_rejection(2, trainers[3].public_key, "", "not_selected", "not selected for round 2")
     store.record_rejection(2, trainers[0].public_key, "trainer-0", "wrong_round", "update for round 1")
     store.record_rejection(3, None, "", "malformed", "garbage")
@@ -71,7 +71,7 @@ def test_balances_are_per_key_not_per_self_chosen_name(store, tmp_path, coord, t
     a, b = trainers[0].public_key, trainers[1].public_key
     commit = RoundCommit(1, "11" * 32, 10, [AcceptedUpdate(a, "same", "aa" * 32, 1, 0.5),
                                            AcceptedUpdate(b, "same", "bb" * 32, 1, 0.5)],
-                         {a: 3_000_000, b: 1_000_000}, None, None, 1.0, 1)
+                         {a: 3_000_000, b: 1_000_000}, {}, 1.0, 1)
     store.commit_round(commit, coord)
     rewards = read_status(tmp_path)["rewards"]
     assert sorted(rewards.values()) == pytest.approx([1.0, 3.0])

@@ -9,6 +9,7 @@ from prime.coordinator.verification import check_record, check_tensors
 from prime.core.config import parse_config
 from prime.core.errors import UpdateRejected
 from prime.core.identity import Identity
+from tests import factories
 from prime.core.records import RoundAnnouncement, UpdateRecord
 
 NOW = 1_800_000_000.0
@@ -22,14 +23,13 @@ CONFIG = parse_config({
     "network": {"max_message_size": 1000},
     "security": {"max_clock_skew": 30.0, "record_ttl": 600.0, "max_samples_per_update": 5000},
 })
-ANN = RoundAnnouncement(term=1, job_id="job", round=3, model_version=2, model_digest="ab" * 32, model_size=10,
-                        providers=[], selected=[ALICE.public_key], deadline=1.0, issued=0.0, expires=1.0, total_rounds=0)
+ANN = factories.announcement(round=3, model_version=2, model_size=10, providers=[], selected=[ALICE.public_key],
+                             shards=[1], num_shards=2, deadline=1.0, issued=0.0, expires=1.0, total_rounds=0)
 
 
 def record(**kw) -> UpdateRecord:
-    base = dict(job_id="job", term=1, round=3, model_version=2, node_name="alice", blob_digest="cd" * 32, blob_size=500,
-                num_samples=10, metrics={}, providers=[], issued=NOW - 1, expires=NOW + 599)
-    return UpdateRecord(**{**base, **kw})
+    return factories.update(**{**dict(round=3, model_version=2, node_name="alice", blob_size=500, num_samples=10,
+                                      metrics={}, providers=[], issued=NOW - 1, expires=NOW + 599), **kw})
 
 
 def reason(fn, *args) -> str | None:
@@ -43,6 +43,7 @@ def reason(fn, *args) -> str | None:
 
 def test_valid_record_passes():
     assert reason(check_record, record(), ALICE.public_key, CONFIG, ANN, NOW) is None
+    assert reason(check_record, record(shard=1), ALICE.public_key, CONFIG, ANN, NOW) is None  # its assigned shard
     assert reason(check_record, record(blob_size=1000), ALICE.public_key, CONFIG, ANN, NOW) is None
 
 
@@ -55,6 +56,7 @@ def test_valid_record_passes():
         ({"round": 4}, ALICE.public_key, "wrong_round"),
         ({"model_version": 1}, ALICE.public_key, "wrong_model_version"),
         ({}, BOB.public_key, "not_selected"),
+        ({"shard": 0}, ALICE.public_key, "wrong_shard"),  # the round assigned alice shard 1
         ({"blob_size": 1001}, ALICE.public_key, "oversize"),
         ({"num_samples": 0}, ALICE.public_key, "no_samples"),
         ({"num_samples": 5001}, ALICE.public_key, "too_many_samples"),

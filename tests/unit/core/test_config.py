@@ -27,7 +27,10 @@ TOML_JOB = f"""
 job_id = "digits-7"
 coordinator_key = "{KEY_A}"
 
-[model]
+[task]
+name = "digits"
+
+[task.options]
 hidden = [32, 16]
 
 [training]
@@ -67,7 +70,7 @@ def test_load_toml(tmp_path):
     cfg = load_config(write(tmp_path, "job.toml", TOML_JOB))
     assert cfg.job_id == "digits-7"
     assert cfg.coordinator_public_key == bytes.fromhex(KEY_A)
-    assert cfg.model.hidden == [32, 16]
+    assert cfg.task.name == "digits" and cfg.task.options == {"hidden": [32, 16]}
     assert cfg.training.batch_size == 16
     assert cfg.training.learning_rate == 0.01
     opt = cfg.training.optimizer
@@ -94,7 +97,10 @@ def test_defaults():
     assert cfg == JobConfig()
     assert cfg.job_id == "prime-job"
     assert cfg.coordinator_key is None and cfg.coordinator_public_key is None
-    assert cfg.model.name == "mlp" and cfg.model.input_dim == 64 and cfg.model.num_classes == 10
+    assert cfg.task.name == "digits" and cfg.task.options == {}
+    assert cfg.data.num_shards == 0 and cfg.num_shards == 1  # one per admitted trainer; none listed
+    assert cfg.federated.local_epochs == 1 and cfg.federated.local_steps == 0
+    assert cfg.training.precision.value == "fp32" and cfg.training.gradient_accumulation == 1
     assert cfg.training.optimizer.name is OptimizerName.SGD
     assert cfg.training.optimizer.momentum == 0.9
     assert cfg.training.scheduler.name is SchedulerName.CONSTANT
@@ -317,9 +323,10 @@ def test_cosine_scheduler_fields():
 @pytest.mark.parametrize(
     "section, data",
     [
-        ("model.name", {"model": {"name": "resnet"}}),
-        ("data.dataset", {"data": {"dataset": "mnist"}}),
-        ("data.test_fraction", {"data": {"test_fraction": 1.0}}),
+        ("data.num_shards", {"data": {"num_shards": -1}}),
+        ("training.precision", {"training": {"precision": "fp8"}}),
+        ("training.gradient_accumulation", {"training": {"gradient_accumulation": 0}}),
+        ("federated.local_steps", {"federated": {"local_steps": -1}}),
         ("federated.participation_rate", {"federated": {"participation_rate": 1.5}}),
         ("federated.aggregation_strategy", {"federated": {"aggregation_strategy": "krum"}}),
         ("network.max_message_size", {"network": {"max_message_size": 0}}),
@@ -330,3 +337,37 @@ def test_cosine_scheduler_fields():
 def test_range_and_choice_checks(section, data):
     with pytest.raises(ConfigError, match=section.replace(".", r"\.")):
         parse_config(data)
+
+
+@pytest.mark.parametrize("data, advice", [
+    ({"model": {"hidden": [64]}}, r"'model' is no longer read; the model is the task's"),
+    ({"data": {"dataset": "digits"}}, r"'data.dataset' is no longer read"),
+    ({"data": {"num_partitions": 4}}, r"'data.num_partitions' is no longer read; write data.num_shards"),
+    ({"data": {"dirichlet_alpha": 0.3}}, r"'data.dirichlet_alpha' is no longer read; write it under \[task.options\]"),
+])
+def test_keys_of_earlier_versions_say_what_to_write_instead(data, advice):
+    with pytest.raises(ConfigError, match=advice):
+        parse_config(data, "old.toml")
+
+
+def test_local_steps_replace_local_epochs():
+    from prime.trainer.engine import LocalWork
+
+    assert LocalWork.of(parse_config({"federated": {"local_steps": 50, "local_epochs": 2}}).federated) == \
+        LocalWork(epochs=2, steps=50)  # steps win: the engine counts steps when steps > 0
+    assert LocalWork.of(parse_config({"federated": {"local_epochs": 3}}).federated) == LocalWork(epochs=3, steps=0)
+
+
+def test_shard_assignment_by_admission_order_or_listing():
+    keys = [Identity.from_seed(bytes([i]) * 32).public_key for i in range(1, 4)]
+    trainers = {f"t{i}": k.hex() for i, k in enumerate(keys)}
+    cfg = parse_config({"admission": {"trainers": trainers}})
+    assert cfg.num_shards == 3 and [cfg.shard_of(k) for k in keys] == [0, 1, 2]  # distinct by default
+    listed = parse_config({"admission": {"trainers": trainers}, "data": {"num_shards": 2, "shards": {"t0": 1}}})
+    assert [listed.shard_of(k) for k in keys] == [1, 1, 0]  # t0 listed; t1, t2 by position modulo 2
+    stranger = Identity.from_seed(b"z" * 32).public_key
+    assert 0 <= listed.shard_of(stranger) < 2
+    with pytest.raises(ConfigError, match="data.shards names trainers not in"):
+        parse_config({"admission": {"trainers": trainers}, "data": {"shards": {"nobody": 0}}})
+    with pytest.raises(ConfigError, match=r"outside shards 0..1"):
+        parse_config({"admission": {"trainers": trainers}, "data": {"num_shards": 2, "shards": {"t0": 2}}})

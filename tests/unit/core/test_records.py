@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from prime.core import encoding
+from tests import factories
 from prime.core.envelope import Domain, seal
 from prime.core.errors import DecodeError, SignatureError
 from prime.core.identity import Identity
@@ -22,22 +23,15 @@ D = "ab" * 32
 
 
 def announcement(**kw) -> RoundAnnouncement:
-    base = dict(job_id="job", term=1, round=2, model_version=1, model_digest=D, model_size=100,
-                providers=["127.0.0.1:9000"], selected=[TRAINER.public_key], deadline=10.5, issued=1.0, expires=10.5,
-                total_rounds=5)
-    return RoundAnnouncement(**{**base, **kw})
+    return factories.announcement(**{"selected": [TRAINER.public_key], **kw})
 
 
 def update(**kw) -> UpdateRecord:
-    base = dict(job_id="job", term=1, round=2, model_version=1, node_name="t1", blob_digest="cd" * 32, blob_size=50,
-                num_samples=12, metrics={"loss": 0.5, "accuracy": 0.9}, providers=["127.0.0.1:9001"], issued=2.0, expires=602.0)
-    return UpdateRecord(**{**base, **kw})
+    return factories.update(**kw)
 
 
 def committed(**kw) -> RoundCommitted:
-    base = dict(job_id="job", term=1, round=2, model_version=2, model_digest=D, checkpoint_digest=D, providers=["127.0.0.1:9"], total_rounds=5, participants=3,
-                accuracy=0.75, issued=3.0, expires=1e9)
-    return RoundCommitted(**{**base, **kw})
+    return factories.committed(**kw)
 
 
 FACTORIES = [(RoundAnnouncement, announcement), (UpdateRecord, update), (RoundCommitted, committed)]
@@ -76,7 +70,7 @@ def test_committed_job_finished():
     assert committed(round=5, total_rounds=5).job_finished
     assert not committed(round=4, total_rounds=5).job_finished
     assert not committed(round=99, total_rounds=0).job_finished
-    assert committed(accuracy=None).accuracy is None
+    assert committed(metrics={}).metrics == {}
 
 
 def _sealed(cls, make, **changes) -> bytes:
@@ -174,3 +168,13 @@ def test_direct_construction_validates():
 def test_dht_names():
     assert dht_update_name("job", 3) == "job/update/3"
     assert dht_announce_name("job") == "job/announce"
+
+
+def test_announcement_assigns_one_shard_per_selected_trainer():
+    other = Identity.from_seed(b"O" * 32).public_key
+    ann = announcement(selected=[TRAINER.public_key, other], shards=[2, 0], num_shards=3)
+    assert ann.shard_of(other) == 0 and ann.shard_of(TRAINER.public_key) == 2 and ann.shard_of(b"x" * 32) is None
+    payload = ann.model_dump()
+    for bad in ({"shards": [1]}, {"shards": [0, 3]}, {"num_shards": 0}):
+        with pytest.raises(DecodeError, match="malformed RoundAnnouncement"):
+            RoundAnnouncement.open(seal(COORD, Domain.ANNOUNCEMENT, {**payload, **bad}).to_bytes())

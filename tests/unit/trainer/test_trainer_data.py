@@ -1,62 +1,65 @@
-"""Trainer data: stable default partition, deterministic batch order that covers the shard."""
+"""Trainer data: deterministic batch order that covers the shard, positions that resume, rank slices."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from prime.core.config import DataConfig
-from prime.core.datasets import Split
-from prime.trainer.data import batches, load_local_data, load_test_data, partition_for
+from prime.core.errors import TrainerError
+from prime.trainer.data import DataPosition, global_batches, rank_slice
 
 
-@pytest.fixture(scope="module")
-def data() -> Split:
-    return Split(torch.arange(103, dtype=torch.float32).unsqueeze(1).repeat(1, 4), torch.arange(103) % 10)
+def epoch(n: int, batch_size: int, seed: int, number: int, **kw) -> list[torch.Tensor]:
+    out = []
+    for batch in global_batches(n, batch_size, seed, DataPosition(number, 0), **kw):
+        if batch.epoch != number:
+            return out
+        out.append(batch.index)
+    return out
 
 
-def test_partition_for_stable_and_in_range():
-    assert partition_for("trainer-1", 4) == partition_for("trainer-1", 4)
-    values = {partition_for(f"trainer-{i}", 4) for i in range(50)}
-    assert values == {0, 1, 2, 3}
-    for k in (1, 3, 7):
-        assert all(0 <= partition_for(f"n{i}", k) < k for i in range(30))
-    # pinned: a node must land on the same shard across releases and restarts
-    import hashlib
-
-    assert partition_for("alice", 5) == int.from_bytes(hashlib.sha256(b"alice").digest()[:4], "big") % 5
-
-
-def test_batches_deterministic_per_seed_and_epoch(data):
-    def order(seed, epoch):
-        return torch.cat([x[:, 0] for x, _ in batches(data, 16, seed, epoch)])
-
+def test_batches_deterministic_per_seed_and_epoch():
+    order = lambda seed, e: torch.cat(epoch(103, 16, seed, e))  # noqa: E731
     assert torch.equal(order(0, 0), order(0, 0))
     assert torch.equal(order(3, 5), order(3, 5))
     assert not torch.equal(order(0, 0), order(0, 1))
     assert not torch.equal(order(0, 0), order(1, 0))
 
 
-def test_batches_cover_data_exactly_once(data):
-    seen = []
-    sizes = []
-    for x, y in batches(data, 16, seed=7, epoch=2):
-        assert torch.equal(y, x[:, 0].long() % 10)  # rows stay paired with their labels
-        seen.extend(x[:, 0].long().tolist())
-        sizes.append(len(y))
-    assert sorted(seen) == list(range(103))
-    assert sizes == [16] * 6 + [7]
+def test_one_rank_covers_every_sample_once_per_epoch():
+    batches = epoch(103, 16, seed=7, number=2)
+    assert sorted(torch.cat(batches).tolist()) == list(range(103))
+    assert [len(b) for b in batches] == [16] * 6 + [7]
 
 
-def test_batch_larger_than_data(data):
-    out = list(batches(data, 1000, 0, 0))
-    assert len(out) == 1 and len(out[0][1]) == 103
+def test_drop_last_and_several_ranks_keep_full_batches_only():
+    assert [len(b) for b in epoch(103, 16, 7, 2, drop_last=True)] == [16] * 6
+    assert [len(b) for b in epoch(103, 16, 7, 2, world_size=2)] == [16] * 6
 
 
-def test_local_and_test_data():
-    cfg = DataConfig(num_partitions=3, seed=0)
-    shards = [load_local_data(cfg, i) for i in range(3)]
-    test = load_test_data(cfg)
-    assert sum(len(s) for s in shards) + len(test) == 1797
-    assert all(len(s) > 0 for s in shards)
-    assert torch.equal(load_local_data(cfg, 1).x, shards[1].x)
+def test_batch_larger_than_data():
+    out = epoch(103, 1000, 0, 0)
+    assert len(out) == 1 and len(out[0]) == 103
+    with pytest.raises(TrainerError, match="fewer than one batch"):
+        next(global_batches(103, 1000, 0, DataPosition(), drop_last=True))
+
+
+def test_positions_resume_exactly_where_training_stopped():
+    stream = global_batches(50, 8, 1, DataPosition())
+    seen = [next(stream) for _ in range(10)]  # crosses an epoch boundary (7 batches per epoch)
+    resumed = global_batches(50, 8, 1, seen[4].next_position)
+    for expected in seen[5:]:
+        got = next(resumed)
+        assert (got.epoch, got.number, got.last) == (expected.epoch, expected.number, expected.last)
+        assert torch.equal(got.index, expected.index)
+    assert seen[6].last and seen[6].next_position == DataPosition(1, 0)
+    assert DataPosition.from_list(DataPosition(3, 4).as_list()) == DataPosition(3, 4)
+
+
+def test_rank_slices_partition_each_batch():
+    index = torch.arange(12)
+    parts = [rank_slice(index, r, 3) for r in range(3)]
+    assert sorted(torch.cat(parts).tolist()) == list(range(12)) and all(len(p) == 4 for p in parts)
+    assert torch.equal(rank_slice(index, 0, 1), index)
+    with pytest.raises(TrainerError, match="split evenly"):
+        next(global_batches(100, 10, 0, DataPosition(), world_size=3))

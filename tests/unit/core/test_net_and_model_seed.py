@@ -1,22 +1,21 @@
-"""Model construction and address parsing."""
+"""Model construction through a task, and address parsing."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from prime.core.config import ModelConfig
-from prime.core.models import build_model
 from prime.core.net import free_port, parse_hostport
+from prime.tasks import resolve_task
 
 
 def test_build_model_deterministic_and_rng_untouched():
-    cfg = ModelConfig(hidden=[16, 8])
+    task = resolve_task("digits", {"hidden": [16, 8]})
     torch.manual_seed(123)
     before = torch.random.get_rng_state()
-    a, b = build_model(cfg, seed=3), build_model(cfg, seed=3)
+    a, b = task.build_model(3), task.build_model(3)
     assert torch.equal(torch.random.get_rng_state(), before)
-    sa, sb = a.state_dict(), build_model(cfg, seed=4).state_dict()
+    sa, sb = a.state_dict(), task.build_model(4).state_dict()
     assert all(torch.equal(sa[k], b.state_dict()[k]) for k in sa)
     assert not all(torch.equal(sa[k], sb[k]) for k in sa)
     assert a(torch.zeros(5, 64)).shape == (5, 10)

@@ -1,4 +1,4 @@
-"""Digits split and Dirichlet partition."""
+"""Task ``digits``: the split, the Dirichlet partition, and the spec the engine and coordinator use."""
 
 from __future__ import annotations
 
@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from prime.core.datasets import dirichlet_partition, load_digits_split, partition
+from prime.core.datasets import dirichlet_partition, partition
+from prime.tasks import Shard, resolve_task
+from prime.tasks.digits import load_digits_split
 
 N_DIGITS = 1797
 
@@ -85,3 +87,27 @@ def test_partition_split(split):
     for bad in (-1, 4):
         with pytest.raises(ValueError):
             partition(train, 4, bad, 0.5, 0)
+
+
+def test_task_shards_are_disjoint_and_cover_the_training_set():
+    task = resolve_task("digits", {"dirichlet_alpha": 0.5})
+    shards = [task.load_shard(Shard(i, 4)) for i in range(4)]
+    validation = task.load_validation()
+    assert sum(len(s) for s in shards) + len(validation) == N_DIGITS
+    rows = [tuple(r) for s in shards for r in s.x.numpy().round(4).tolist()]
+    assert len(rows) == N_DIGITS - len(validation)
+    assert torch.equal(task.load_shard(Shard(1, 4)).x, shards[1].x)  # the same shard on every machine
+
+
+def test_task_model_loss_metrics_and_shard_units():
+    task = resolve_task("digits", {"hidden": [32, 16]})
+    model = task.build_model(0)
+    data = task.load_validation()
+    loss = task.loss(model, data.x[:8], data.y[:8])
+    assert loss.ndim == 0 and loss.requires_grad
+    metrics = task.evaluate(model, data)
+    assert set(metrics) == {"accuracy", "loss"} and 0.0 <= metrics["accuracy"] <= 1.0
+    assert model.training  # evaluate leaves the mode as it found it
+    units = task.shard_units(model)
+    assert [type(u).__name__ for u in units] == ["Linear", "Linear", "Linear"]
+    assert task.metrics[0] == "accuracy" and task.tokens_per_sample() == 1

@@ -1,0 +1,62 @@
+"""``prime-coordinator export``: a committed model version out of a coordinator's data dir.
+
+Reads the database read-only and the model blob re-verified against its digest, so it is
+safe while the daemon runs; writes safetensors plus the JSON card ``prime.load_model`` reads.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+from prime import __version__
+from prime.coordinator.status import DB_NAME
+from prime.core import tensors
+from prime.core.errors import CoordinatorError
+from prime.dht.blobstore import BlobStore
+from prime.tasks.exported import MAX_WEIGHTS_BYTES, write_model
+
+
+def export_version(data_dir: str | Path, version: str, out: str | Path) -> dict[str, Any]:
+    """Write model ``version`` (a number or ``latest``) to ``out``; return the card written beside it."""
+    data_dir = Path(data_dir)
+    path = data_dir / DB_NAME
+    if not path.exists():
+        raise CoordinatorError(f"no coordinator database at {path}; is --data-dir right?")
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
+        if version == "latest":
+            row = db.execute("SELECT version, digest, round, config_digest FROM model_versions "
+                             "ORDER BY version DESC LIMIT 1").fetchone()
+        elif version.isdigit():
+            row = db.execute("SELECT version, digest, round, config_digest FROM model_versions WHERE version=?",
+                             (int(version),)).fetchone()
+        else:
+            raise CoordinatorError(f"--version must be a number or 'latest', not {version!r}")
+        if row is None:
+            latest = db.execute("SELECT MAX(version) FROM model_versions").fetchone()[0]
+            raise CoordinatorError(f"no model version {version} in {path} (latest is v{latest})")
+        number, digest, round_number, config_digest = row
+        metrics_row = db.execute("SELECT metrics FROM rounds WHERE model_version=?", (number,)).fetchone()
+    finally:
+        db.close()
+    if "task" not in meta:
+        raise CoordinatorError(f"{path} records no task (written by an older prime); cannot build a model card")
+    blob = BlobStore(data_dir / "blobs").read_bytes(digest)  # re-verified against its digest
+    state = tensors.decode_state(bytearray(blob), max_bytes=MAX_WEIGHTS_BYTES)
+    card = {
+        "job_id": meta.get("job_id"),
+        "task": meta["task"],
+        "task_options": json.loads(meta.get("task_options", "{}")),
+        "model_version": number,
+        "round": round_number,
+        "metrics": json.loads(metrics_row[0]) if metrics_row and metrics_row[0] else {},
+        "model_digest": digest,
+        "config_digest": config_digest,
+        "coordinator_key": meta.get("coordinator_key"),
+        "prime_version": __version__,
+    }
+    return write_model(out, state, card)
