@@ -175,7 +175,7 @@ class RoundDriver:
         )
         if self.config.network.peer_assists(size):  # a few copies leave here; trainers pass the model on
             self.s.peer.blob_server.limit_uploads(digest, DEFAULT_SEED_CLIENTS)
-        collector = RoundCollector(announcement, build_strategy(fed.aggregation_strategy))
+        collector = RoundCollector(announcement, build_strategy(fed.aggregation))
         self.intake.open_round(collector, global_state)
         sealed = announcement.seal(self.s.identity).to_bytes()
         await self.s.bus.publish(self.s.topics.announce, parcel.pack(sealed, inline), retain=True)

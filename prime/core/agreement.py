@@ -20,7 +20,7 @@ from typing import Any
 from prime.core.config import JobConfig
 
 #: Federated keys that shape a trainer's update (the rest are the coordinator's business).
-_FEDERATED_TERMS = ("local_epochs", "local_steps", "aggregation_strategy")
+_FEDERATED_TERMS = ("local_epochs", "local_steps", "aggregation")
 
 
 def job_terms(config: JobConfig, task_options: dict[str, Any]) -> dict[str, Any]:

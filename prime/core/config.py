@@ -16,6 +16,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
+from prime.core.aggregation.config import AggregationConfig, FedAvgConfig, check_min_clients
 from prime.core.errors import ConfigError
 
 
@@ -85,15 +86,16 @@ class TrainingConfig(_Section):
     activation_checkpointing: bool = False
     #: ``torch.compile`` each shard unit (on CUDA; ignored on CPU, where compilation costs more than it saves).
     compile: bool = False
+    #: Each round starts from a fresh optimizer, its schedule step and batch order fixed by (job, round,
+    #: shard), so a verifier can recompute a trainer's round from public data (``[verification]``).
+    reproducible_rounds: bool = False
     seed: int = 0
 
 
-class AggregationStrategy(str, Enum):
-    FEDAVG = "fedavg"
-
-
 class FederatedConfig(_Section):
-    aggregation_strategy: AggregationStrategy = AggregationStrategy.FEDAVG
+    #: The aggregation strategy and its parameters (``prime/core/aggregation/config.py``):
+    #: ``[federated.aggregation] name = "fedtrimmedavg"``, ``beta = 0.2``, …
+    aggregation: AggregationConfig = FedAvgConfig()
     #: Local epochs over the trainer's shard per round (ignored when ``local_steps`` is set).
     local_epochs: int = Field(1, gt=0)
     #: Optimizer steps per round (H, as in DiLoCo); 0 trains ``local_epochs`` epochs instead.
@@ -105,8 +107,13 @@ class FederatedConfig(_Section):
     round_timeout: float = Field(30.0, gt=0.0)
     #: Rounds the job runs; the coordinator idles after the last one (0: forever).
     rounds: int = Field(20, ge=0)
-    #: Tokens credited per committed round, split by accepted samples.
+    #: Tokens credited per committed round, split by measured contribution.
     reward_pool: float = Field(100.0, ge=0.0)
+
+    @model_validator(mode="after")
+    def _strategy_fits_min_clients(self) -> "FederatedConfig":
+        check_min_clients(self.aggregation, self.min_clients)  # e.g. Krum needs n > 2f + 2
+        return self
 
 
 class NetworkConfig(_Section):
@@ -156,6 +163,46 @@ class SecurityConfig(_Section):
     max_update_norm: float = Field(1000.0, ge=0.0)
     #: Largest sample count one update may claim (its aggregation weight).
     max_samples_per_update: int = Field(1_000_000, gt=0)
+    #: A claimed sample count weighs at most this many times the round's expected claim (the
+    #: samples the job's local work covers, else the median claim of the last committed round).
+    sample_claim_factor: float = Field(2.0, ge=1.0)
+    #: Share of a key's remaining stake slashed for each refused or harmful update (``[admission.stakes]``).
+    slash_fraction: float = Field(0.1, ge=0.0, le=1.0)
+
+
+class ScoringConfig(_Section):
+    """How the coordinator measures what each update is worth (``prime/coordinator/scoring.py``).
+
+    An update's score is the task's loss on a held-out batch under the global model minus the
+    loss with the update applied. Rewards follow positive scores; an update that makes the loss
+    worse by more than ``harm_margin`` (relative) is refused as ``harmful``."""
+
+    #: Held-out samples scored per round (the same sampled batch for every update; 0: all of them).
+    batch_samples: int = Field(256, ge=0)
+    #: Refuse updates that raise the held-out loss by more than this fraction of it.
+    harm_margin: float = Field(0.25, ge=0.0)
+
+
+class ReputationConfig(_Section):
+    """Per-key standing, kept with each commit: refusals and harm lower it, good work restores it.
+
+    Below ``threshold`` a key is not selected for ``exclusion_rounds`` rounds, doubled on each
+    repeat, and comes back at ``threshold``."""
+
+    threshold: float = Field(0.3, ge=0.0, le=1.0)
+    refusal_penalty: float = Field(0.3, ge=0.0, le=1.0)
+    harm_penalty: float = Field(0.5, ge=0.0, le=1.0)
+    recovery: float = Field(0.1, ge=0.0, le=1.0)
+    exclusion_rounds: int = Field(2, ge=1)
+
+
+class VerificationConfig(_Section):
+    """Spot checks: the coordinator recomputes a sampled share of trainers' rounds (public-data tasks)."""
+
+    #: Fraction of accepted updates recomputed and compared (0: off). Needs training.reproducible_rounds.
+    spot_check_rate: float = Field(0.0, ge=0.0, le=1.0)
+    #: Largest relative L2 distance between the recomputed and the submitted delta.
+    tolerance: float = Field(1e-3, gt=0.0)
 
 
 class TaskConfig(_Section):
@@ -199,6 +246,16 @@ class AdmissionConfig(_Section):
     trainers: dict[str, str] = {}
     open: bool = False
     open_max_samples: int = Field(1000, gt=0)
+    #: Trainer name → tokens staked; refused or harmful work is slashed from it (``security.slash_fraction``).
+    stakes: dict[str, float] = {}
+
+    @field_validator("stakes")
+    @classmethod
+    def _non_negative_stakes(cls, value: dict[str, float]) -> dict[str, float]:
+        for name, amount in value.items():
+            if amount < 0:
+                raise ValueError(f"trainer {name!r}: a stake cannot be negative")
+        return value
 
     @field_validator("trainers")
     @classmethod
@@ -231,6 +288,9 @@ class JobConfig(_Section):
     fault_tolerance: FaultToleranceConfig = FaultToleranceConfig()
     admission: AdmissionConfig = AdmissionConfig()
     security: SecurityConfig = SecurityConfig()
+    scoring: ScoringConfig = ScoringConfig()
+    reputation: ReputationConfig = ReputationConfig()
+    verification: VerificationConfig = VerificationConfig()
 
     @field_validator("coordinator_key")
     @classmethod
@@ -250,6 +310,12 @@ class JobConfig(_Section):
         unknown = sorted(set(self.data.shards) - set(self.admission.trainers))
         if unknown:
             raise ValueError(f"data.shards names trainers not in [admission.trainers]: {', '.join(unknown)}")
+        unknown = sorted(set(self.admission.stakes) - set(self.admission.trainers))
+        if unknown:
+            raise ValueError(f"admission.stakes names trainers not in [admission.trainers]: {', '.join(unknown)}")
+        if self.verification.spot_check_rate > 0 and not self.training.reproducible_rounds:
+            raise ValueError("verification.spot_check_rate needs training.reproducible_rounds = true "
+                             "(a verifier can only recompute rounds that start from known state)")
         count = self.num_shards
         wide = sorted(name for name, index in self.data.shards.items() if index >= count)
         if wide:
@@ -283,10 +349,17 @@ class JobConfig(_Section):
         return bytes.fromhex(self.coordinator_key) if self.coordinator_key else None
 
 
+def _key(loc: tuple) -> str:
+    """A dotted key; a tagged union's tag (``federated.aggregation.krum.f``) is not part of the key."""
+    parts = [str(p) for i, p in enumerate(loc) if not (i and loc[i - 1] == "aggregation" and isinstance(p, str)
+                                                        and p == p.lower() and p.isalpha() and i + 1 < len(loc))]
+    return ".".join(parts) or "(top level)"
+
+
 def _format_errors(exc: ValidationError, source: str) -> str:
     lines = []
     for err in exc.errors():
-        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        key = _key(err["loc"])
         if err["type"] == "extra_forbidden":
             lines.append(f"{source}: unknown key '{key}'")
         else:
@@ -303,6 +376,7 @@ _MOVED = {
     ("data", "dirichlet_alpha"): "write it under [task.options] (digits task)",
     ("data", "test_fraction"): "write it under [task.options] (digits task)",
     ("data", "seed"): "write split_seed under [task.options] (digits task)",
+    ("federated", "aggregation_strategy"): "write [federated.aggregation] name = \"fedavg\" (or another strategy)",
 }
 
 

@@ -384,8 +384,7 @@ class TrainerNode:
             global_state = await run_sized(len(model_bytes), tensors.decode_state, model_bytes,
                                            max_bytes=net.max_message_size)
             train_started = time.perf_counter()
-            delta, metrics = await asyncio.to_thread(self.engine.train, global_state,
-                                                     LocalWork.of(self.config.federated))
+            delta, metrics = await self.local_update(ann, global_state)
             train_seconds = time.perf_counter() - train_started
             parts = await run_sized(state_bytes(delta), tensors.encode_parts, delta, compress=net.enable_compression)
             digest = await asyncio.to_thread(self.peer.blobs.put_parts, parts)
@@ -422,6 +421,13 @@ class TrainerNode:
         log.info("round %d: trained %d samples (%d steps) on %s, loss %.4f, update %s…", ann.round,
                  metrics.num_samples, metrics.steps, "own data" if shard is None else f"shard {shard}",
                  metrics.loss, digest[:12])
+
+    async def local_update(self, ann: RoundAnnouncement, global_state: dict) -> tuple[dict, TrainMetrics]:
+        """This round's local work: the delta to send and the metrics (sample count) to claim.
+
+        The one seam where a subclass changes what a trainer sends (the attack harness in
+        ``benchmarks/byzantine.py`` does; honest nodes never override it)."""
+        return await asyncio.to_thread(self.engine.train, global_state, LocalWork.of(self.config.federated))
 
     async def _model_bytes(self, ann: RoundAnnouncement, inline: bytes | None) -> bytes | memoryview:
         """The announced model: the inline copy if it is the signed one, else fetched by digest."""

@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 
 from prime.core.config import (
-    AggregationStrategy,
     JobConfig,
     OptimizerName,
     SchedulerName,
@@ -104,7 +103,7 @@ def test_defaults():
     assert cfg.training.optimizer.name is OptimizerName.SGD
     assert cfg.training.optimizer.momentum == 0.9
     assert cfg.training.scheduler.name is SchedulerName.CONSTANT
-    assert cfg.federated.aggregation_strategy is AggregationStrategy.FEDAVG
+    assert cfg.federated.aggregation.name == "fedavg"
     assert cfg.federated.min_clients == 2
     assert cfg.network.max_message_size == 256 * 1024 * 1024
     assert cfg.network.enable_compression is False
@@ -328,7 +327,11 @@ def test_cosine_scheduler_fields():
         ("training.gradient_accumulation", {"training": {"gradient_accumulation": 0}}),
         ("federated.local_steps", {"federated": {"local_steps": -1}}),
         ("federated.participation_rate", {"federated": {"participation_rate": 1.5}}),
-        ("federated.aggregation_strategy", {"federated": {"aggregation_strategy": "krum"}}),
+        ("federated.aggregation", {"federated": {"aggregation": {"name": "kram"}}}),
+        ("federated.aggregation.beta", {"federated": {"aggregation": {"name": "fedtrimmedavg", "beta": 0.5}}}),
+        ("federated.aggregation.num_malicious", {"federated": {"aggregation": {"name": "krum", "num_malicious": "x"}}}),
+        ("scoring.harm_margin", {"scoring": {"harm_margin": -1}}),
+        ("verification.spot_check_rate", {"verification": {"spot_check_rate": 2}}),
         ("network.max_message_size", {"network": {"max_message_size": 0}}),
         ("network.peer_assist_min_bytes", {"network": {"peer_assist_min_bytes": -1}}),
         ("fault_tolerance.max_checkpoints", {"fault_tolerance": {"max_checkpoints": 0}}),
@@ -371,3 +374,21 @@ def test_shard_assignment_by_admission_order_or_listing():
         parse_config({"admission": {"trainers": trainers}, "data": {"shards": {"nobody": 0}}})
     with pytest.raises(ConfigError, match=r"outside shards 0..1"):
         parse_config({"admission": {"trainers": trainers}, "data": {"num_shards": 2, "shards": {"t0": 2}}})
+
+
+def test_a_strategy_that_cannot_work_with_min_clients_is_a_config_error():
+    assert parse_config({"federated": {"aggregation": {"name": "krum", "num_malicious": 1},
+                                       "min_clients": 5}}).federated.aggregation.name == "krum"
+    with pytest.raises(ConfigError, match=r"key 'federated'.*krum needs more than 2f\+2 = 6 updates per round; "
+                                          r"federated.min_clients is 5"):
+        parse_config({"federated": {"aggregation": {"name": "krum", "num_malicious": 2}, "min_clients": 5}})
+    with pytest.raises(ConfigError, match="federated.aggregation_strategy' is no longer read"):
+        parse_config({"federated": {"aggregation_strategy": "fedavg"}})
+
+
+def test_spot_checks_need_reproducible_rounds_and_stakes_need_admitted_names():
+    with pytest.raises(ConfigError, match="needs training.reproducible_rounds = true"):
+        parse_config({"verification": {"spot_check_rate": 0.5}})
+    assert parse_config({"verification": {"spot_check_rate": 0.5}, "training": {"reproducible_rounds": True}})
+    with pytest.raises(ConfigError, match="admission.stakes names trainers not in"):
+        parse_config({"admission": {"stakes": {"ghost": 10.0}}})
