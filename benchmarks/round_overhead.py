@@ -5,8 +5,10 @@ on 127.0.0.1, digits MLP) and, for every round after the first, takes
   wall     = time between consecutive commits (announce → train → verify → commit),
   training = the slowest selected trainer's local training time (the critical path),
   protocol = wall - training: everything prime adds (bus, blob transfers, DHT puts,
-             signing, verification, aggregation, evaluation, the SQLite commit).
-Prints medians and the protocol/training ratio measured in the same run.
+             signing, verification, contribution scoring, aggregation, evaluation, the
+             SQLite commit).
+Prints medians and the protocol/training ratio measured in the same run, and the share of
+the wall time spent scoring contributions (the coordinator's own timing per round).
 
 ``--peer-assist`` sets ``network.peer_assist_min_bytes = 1``, so every model is
 distributed peer-assisted (trainers look providers up in the DHT, fetch from each
@@ -33,7 +35,7 @@ def measure(trainers: int, rounds: int, local_epochs: int, workdir: Path, *, pee
             hidden: list[int] | None = None) -> dict[str, float]:
     overrides = {"network": {"peer_assist_min_bytes": 1}} if peer_assist else {}
     if hidden:
-        overrides["model"] = {"hidden": hidden}
+        overrides["task"] = {"name": "digits", "options": {"hidden": hidden, "dirichlet_alpha": 0.5}}
     with LocalNetwork(workdir, trainers, rounds, local_epochs, **overrides) as net:
         net.start_all()
         deadline = time.monotonic() + 60 + 10 * rounds
@@ -64,7 +66,10 @@ def round_stats(rows: list[dict]) -> dict[str, float]:
     walls = [b["committed_at"] - a["committed_at"] for a, b in zip(rows, rows[1:])]
     trains = [b["slowest_train_seconds"] for b in rows[1:]]
     protocol = [w - t for w, t in zip(walls, trains)]
+    scoring = [b.get("timings", {}).get("scoring_s", 0.0) for b in rows[1:]]
     return {
+        "scoring": statistics.median(scoring),
+        "scoring_share": statistics.median(s / w for s, w in zip(scoring, walls)),
         "rounds": len(walls),
         "wall": statistics.median(walls),
         "training": statistics.median(trains),
@@ -93,6 +98,8 @@ def main() -> None:
           f"+ protocol {r['protocol']:.3f} s (p90 {r['protocol_p90']:.3f} s)")
     print(f"round_overhead: prime protocol {r['protocol']:.3f} s/round, training {r['training']:.3f} s/round, "
           f"protocol/training ratio {r['protocol'] / r['training']:.2f}x")
+    print(f"round_overhead: contribution scoring {r['scoring']:.3f} s/round = {r['scoring_share']:.1%} of the round's "
+          f"wall time (limit 10%)")
     print(f"  model copies: {r['from_origin']} from the coordinator, {r['from_peer']} from peers; "
           f"{r['provider_lookups']} provider lookups ({r['provider_lookup_timeouts']} timed out)")
 

@@ -1,4 +1,4 @@
-"""``prime``: the umbrella command — ``demo``, ``keygen``, ``broker``, ``dht-node``."""
+"""``prime``: the umbrella command — ``demo``, ``keygen``, ``broker``, ``dht-node``, ``verify``."""
 
 from __future__ import annotations
 
@@ -59,6 +59,12 @@ def demo(args: argparse.Namespace) -> int:
                     local_epochs=args.local_epochs, task=args.task)
 
 
+def verify(args: argparse.Namespace) -> int:
+    from prime.coordinator.verify_cli import run
+
+    return run(args)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="prime", description="prime: verifiable federated training.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -88,6 +94,12 @@ def main(argv: list[str] | None = None) -> int:
     n.add_argument("--bootstrap", type=hostport_list, default=[])
     n.add_argument("--log-level", choices=LOG_LEVELS, default="warning")
     n.set_defaults(func=dht_node)
+
+    v = sub.add_parser("verify", help="recompute a coordinator's committed updates and report any that do not match")
+    from prime.coordinator.verify_cli import add_arguments
+
+    add_arguments(v)
+    v.set_defaults(func=verify)
 
     args = p.parse_args(argv)
     return args.func(args)

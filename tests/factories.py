@@ -34,5 +34,5 @@ def update(**fields: Any) -> UpdateRecord:
 def committed(**fields: Any) -> RoundCommitted:
     base: dict[str, Any] = dict(job_id="job", term=1, round=2, model_version=2, model_digest=DIGEST,
                                 checkpoint_digest=DIGEST, providers=["127.0.0.1:9"], total_rounds=5, participants=3,
-                                metrics={"accuracy": 0.75}, issued=3.0, expires=1e9)
+                                metrics={"accuracy": 0.75}, server_state_digest=None, issued=3.0, expires=1e9)
     return RoundCommitted(**{**base, **fields})

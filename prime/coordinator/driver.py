@@ -1,31 +1,43 @@
 """The round driver: select, announce, collect, commit, one round after another.
 
-Per round: wait for enough live admitted trainers and select some; assign each its shard
-of the task's data; announce the round (model version and digest, selection, shards,
-the digest of the job's agreed terms, deadline) signed with the job key; collect verified
-updates through the intake until every live selected trainer reported or the deadline;
-then aggregate, evaluate on the task's held-out data and commit model version, round,
-accepted updates and rewards in one SQLite transaction. A round short of ``min_clients``
-is re-announced with a fresh selection. After a crash the driver resumes at the round
-after the last committed one, reusing updates that were verified before it.
+Per round: wait for enough live admitted trainers in good standing and select some;
+assign each its shard of the task's data; announce the round (model version and digest,
+selection, shards, the digest of the job's agreed terms, deadline) signed with the job
+key; collect verified, scored updates through the intake until every selected trainer
+that can still deliver reported or the deadline; then aggregate with the job's strategy
+(one instance for the whole job: its server state lives across rounds), evaluate on the
+task's held-out data and commit, in one SQLite transaction, the model version, round,
+accepted updates with their measured scores, the strategy's server state, reputation
+changes, and the reward, penalty and slash entries. Rewards follow measured
+contributions: an update that did not help, or that the strategy dropped, earns nothing.
+A round short of ``min_clients`` is re-announced with a fresh selection that leaves out
+the trainers it refused. After a crash (or a takeover) the driver resumes at the round
+after the last committed one, with the server state committed with it, reusing updates
+that were verified before it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
+import math
 import time
 
 from prime.coordinator.evaluation import evaluate
 from prime.coordinator.intake import UpdateIntake
 from prime.coordinator.leadership import Leadership
+from prime.coordinator.reputation import RoundConduct, Standing, next_standing
 from prime.coordinator.rounds import RoundCollector
+from prime.coordinator.scoring import ContributionScorer
 from prime.coordinator.selection import select_trainers
 from prime.coordinator.services import CoordinatorServices
-from prime.coordinator.store import RoundCommit
+from prime.coordinator.spotcheck import SpotChecker
+from prime.coordinator.store import LedgerCharge, RoundCommit
 from prime.core import parcel, rewards, tensors
 from prime.core.agreement import canonical, job_terms, terms_digest
 from prime.core.aggregation import build_strategy
+from prime.core.aggregation.config import parse_aggregation
 from prime.core.offload import run_sized, state_bytes
 from prime.core.records import (
     COMMITTED_TTL,
@@ -53,14 +65,41 @@ class RoundDriver:
         self.validation = None
         self.terms = job_terms(self.config, task.options_dict())
         self.terms_digest = terms_digest(self.terms)
+        self.strategy = build_strategy(self._with_secret_noise_seed())
+        self._shard_sizes: dict[int, int] = {}
         # (digest, state, blob if small enough to ride inline) of the model committed last
         self._last_model: tuple[str, dict, bytes | None] | None = None
+
+    def _with_secret_noise_seed(self):
+        """The job's strategy config; a DP noise seed, unless configured, derived from the job key.
+
+        Deterministic signatures make it the same for the primary and its standby (they share
+        the key) and unknowable to anyone else, so the noise cannot be subtracted; it is not in
+        the mirrored server state."""
+        config = parse_aggregation(self.config.federated.aggregation)
+        if config.dp is None or config.dp.seed is not None:
+            return config
+        secret = self.s.identity.sign(b"prime-dp-noise-seed/" + self.config.job_id.encode())
+        seed = int.from_bytes(hashlib.sha256(secret).digest()[:8], "big") & (2**63 - 1)
+        return config.model_copy(update={"dp": config.dp.model_copy(update={"seed": seed})})
 
     async def prepare(self) -> None:
         """Load the task's model and held-out data; store the genesis model as version 0, and the
         job's terms where trainers can fetch them."""
-        self.model, self.validation = await asyncio.to_thread(
-            lambda: (self.task.build_model(self.config.training.seed), self.task.load_validation(self.data_path)))
+        seed = self.config.training.seed
+        self.model, scoring_model, self.validation = await asyncio.to_thread(
+            lambda: (self.task.build_model(seed), self.task.build_model(seed), self.task.load_validation(self.data_path)))
+        self.intake.scorer = ContributionScorer(self.task, scoring_model, self.validation, self.config.scoring)
+        if self.config.verification.spot_check_rate > 0:
+            secret = self.s.identity.sign(b"prime/spot-check-secret\0" + self.config.job_id.encode())
+            checker = SpotChecker(self.config, self.task, secret=secret, data_path=self.data_path)
+            reason = checker.unverifiable()
+            if reason:
+                log.warning("spot checks are configured but cannot run: %s", reason)
+            else:
+                self.intake.spot_checker = checker
+        if self.task.spec.public_data and not self.config.federated.local_steps:
+            self._shard_sizes = await asyncio.to_thread(self._count_shards)
         blobs = self.s.peer.blobs
         await asyncio.to_thread(blobs.put_bytes, canonical(self.terms))  # its digest is the terms digest
         self.s.store.bind_task(self.config.task.name, self.task.options_dict(), self.terms_digest)
@@ -70,8 +109,44 @@ class RoundDriver:
             digest = await asyncio.to_thread(blobs.put_bytes, blob)
             self.s.store.record_genesis(digest, len(blob), self.terms_digest)
 
+    def _count_shards(self) -> dict[int, int]:
+        from prime.tasks.spec import Shard
+
+        count = self.config.num_shards
+        return {i: len(self.task.load_shard(Shard(i, count, self.data_path))) for i in range(count)}
+
+    async def _restore_server_state(self) -> None:
+        """The strategy's state as committed with the last round (after a restart or a takeover)."""
+        digest = self.s.store.latest_server_state()  # the store lives on the loop's thread
+        if digest is None:
+            return
+
+        def load() -> None:
+            state = tensors.decode_state(bytearray(self.s.peer.blobs.read_bytes(digest)), max_bytes=1 << 40)
+            self.strategy.load_state_dict(state)
+
+        await asyncio.to_thread(load)
+        log.info("restored the %s server state committed with round %d", self.config.federated.aggregation.name,
+                 self.s.store.last_committed_round())
+
+    def _claim_caps(self, round_number: int, selected: list[bytes], shards: list[int]) -> dict[bytes, int]:
+        """The most each selected trainer's claimed sample count may weigh: the samples its local work
+        covers when the coordinator knows it (steps × batch; epochs × its shard for public data), else
+        ``security.sample_claim_factor`` times the last round's median claim."""
+        fed, training = self.config.federated, self.config.training
+        if fed.local_steps:
+            per_step = self.task.batch_size(training.batch_size) * training.gradient_accumulation
+            return {key: fed.local_steps * per_step for key in selected}
+        if self._shard_sizes:
+            return {key: fed.local_epochs * self._shard_sizes[shard] for key, shard in zip(selected, shards)}
+        median = self.s.store.median_claim(round_number - 1)
+        if not median:
+            return {}
+        return {key: int(self.config.security.sample_claim_factor * median) for key in selected}
+
     async def run(self) -> None:
         """Lead rounds until the job's last one is committed (forever if ``rounds`` is 0)."""
+        await self._restore_server_state()
         total = self.config.federated.rounds
         round_number = self.s.store.last_committed_round() + 1
         if round_number > 1:
@@ -92,13 +167,20 @@ class RoundDriver:
         fed = self.config.federated
         version, digest, size = self.s.store.latest_version()
         global_state, inline = await self._model(digest, size)
-        started, attempt = None, 0
+        standings = self.s.store.standings()
+        excluded = {key for key, standing in standings.items() if standing.excluded(round_number)}
+        conduct: dict[bytes, RoundConduct] = {}  # what each key did in this round, over its announcements
+        started, attempt, scoring_s = None, 0, 0.0
         while True:
             attempt += 1
             recovered = self.s.store.pending(round_number)  # verified before a crash: reuse, don't refetch
-            selected = await self._await_selection(round_number, attempt, reserved=list(recovered))
+            refused = {key for key, c in conduct.items() if c.refused} | excluded
+            needed = self._needed(refused)
+            selected = await self._await_selection(round_number, attempt, needed, reserved=list(recovered),
+                                                   excluded=refused)
             started = started or time.monotonic()  # round time counts from the first announcement
-            collector = await self._announce(round_number, version, digest, size, inline, selected, global_state)
+            collector = await self._announce(round_number, version, digest, size, inline, selected, global_state,
+                                             conduct)
             for envelope in recovered.values():
                 self.s.spawn(self.intake.receive(envelope, via="recovered"))
             sweeper = self.s.spawn(self.intake.sweep_dht(collector))
@@ -107,11 +189,12 @@ class RoundDriver:
             finally:
                 sweeper.cancel()
             await self.intake.close_round()
-            if len(collector.accepted) >= fed.min_clients:
+            if len(collector.accepted) >= self._needed({k for k, c in conduct.items() if c.refused} | excluded):
                 break
-            log.warning("round %d: %d of %d needed updates (deadline passed or selected trainers died); "
-                        "re-announcing with a fresh selection", round_number, len(collector.accepted), fed.min_clients)
-        await self._commit(collector, time.monotonic() - started, attempt)
+            scoring_s += self.intake.scorer.seconds
+            log.warning("round %d: %d of %d needed updates (deadline passed, trainers refused or died); "
+                        "re-announcing with a fresh selection", round_number, len(collector.accepted), needed)
+        await self._commit(collector, time.monotonic() - started, attempt, standings, scoring_s)
 
     async def _collect(self, collector: RoundCollector) -> None:
         """Wait for updates until every selected trainer still alive has reported, or the deadline.
@@ -119,7 +202,6 @@ class RoundDriver:
         A selected trainer whose Last Will arrived, or whose heartbeats stopped, is not waited
         for: the round closes as soon as nobody alive is still expected.
         """
-        selected = collector.announcement.selected
         while (remaining := collector.announcement.deadline - time.time()) > 0:
             try:
                 await asyncio.wait_for(collector.everyone_reported.wait(), min(remaining, 0.25))
@@ -127,10 +209,9 @@ class RoundDriver:
             except TimeoutError:
                 pass
             alive = self.s.liveness.alive()
-            expected = [k for k in selected if k not in collector.accepted
-                        and (k in collector.in_flight or (k in alive and alive[k].online))]
+            expected = [k for k in collector.expected() if k in collector.in_flight or (k in alive and alive[k].online)]
             if not expected:
-                dead = len(selected) - len(collector.accepted)
+                dead = len(collector.expected())
                 log.warning("round %d: %d selected trainer(s) died; not waiting for them", collector.round, dead)
                 return
 
@@ -144,39 +225,56 @@ class RoundDriver:
         state = await run_sized(len(data), tensors.decode_state, data, max_bytes=net.max_message_size)
         return state, bytes(data) if net.rides_inline(size) else None
 
-    async def _await_selection(self, round_number: int, attempt: int, reserved: list[bytes] = ()) -> list[bytes]:
-        """Select among live admitted trainers once enough are up; ``reserved`` (trainers whose
-        verified updates were recovered after a restart) are always in the selection."""
+    def _needed(self, excluded: set[bytes]) -> int:
+        """Updates a round needs: ``min_clients``, counting only trainers that can still help (a
+        refused or excluded trainer must not stall the job), and never fewer than the strategy needs."""
+        fed = self.config.federated
+        if self.config.admission.open:
+            return max(fed.min_clients, self.strategy.min_clients_required())
+        admitted = {bytes.fromhex(key) for key in self.config.admission.trainers.values()}
+        return max(self.strategy.min_clients_required(), min(fed.min_clients, len(admitted - excluded)))
+
+    async def _await_selection(self, round_number: int, attempt: int, needed: int, reserved: list[bytes] = (),
+                               excluded: set[bytes] = frozenset()) -> list[bytes]:
+        """Select among live admitted trainers once ``needed`` are up; ``reserved`` (trainers whose
+        verified updates were recovered after a restart) are always in the selection; ``excluded``
+        (refused earlier in this round, or excluded for their reputation) never are."""
         fed = self.config.federated
         announced_wait = False
         while True:
-            live = [k for k in self.s.live_trainers() if k not in reserved]
-            if len(live) + len(reserved) >= fed.min_clients:
+            live = [k for k in self.s.live_trainers() if k not in reserved and k not in excluded]
+            if len(live) + len(reserved) >= needed:
+                cap = self.strategy.max_updates
                 chosen = select_trainers(
-                    live, participation_rate=fed.participation_rate, min_clients=max(0, fed.min_clients - len(reserved)),
+                    live, participation_rate=fed.participation_rate, min_clients=max(0, needed - len(reserved)),
                     job_id=self.config.job_id, round_number=round_number, attempt=attempt,
+                    max_count=None if cap is None else max(0, cap - len(reserved)),
                 )
                 return sorted({*chosen, *reserved})
             if not announced_wait:
-                log.info("round %d: waiting for %d live admitted trainers", round_number, fed.min_clients)
+                log.info("round %d: waiting for %d live admitted trainers (%d left out: refused this round or "
+                         "excluded for their reputation)", round_number, needed, len(excluded))
                 announced_wait = True
             await asyncio.sleep(0.1)
 
     async def _announce(self, round_number: int, version: int, digest: str, size: int, inline: bytes | None,
-                        selected: list[bytes], global_state: dict) -> RoundCollector:
+                        selected: list[bytes], global_state: dict, conduct: dict[bytes, RoundConduct]
+                        ) -> RoundCollector:
         now = time.time()
         fed, address = self.config.federated, self.s.peer.address_str
+        shards = [self.config.shard_of(key) for key in selected]
         announcement = RoundAnnouncement(
             job_id=self.config.job_id, term=self.leadership.term, round=round_number, model_version=version,
             model_digest=digest, model_size=size, providers=[address], selected=selected,
-            shards=[self.config.shard_of(key) for key in selected], num_shards=self.config.num_shards,
+            shards=shards, num_shards=self.config.num_shards,
             config_digest=self.terms_digest, deadline=now + fed.round_timeout, issued=now,
             expires=now + fed.round_timeout, total_rounds=fed.rounds,
         )
         if self.config.network.peer_assists(size):  # a few copies leave here; trainers pass the model on
             self.s.peer.blob_server.limit_uploads(digest, DEFAULT_SEED_CLIENTS)
-        collector = RoundCollector(announcement, build_strategy(fed.aggregation))
-        self.intake.open_round(collector, global_state)
+        collector = RoundCollector(announcement, self.strategy, conduct=conduct,
+                                   claim_caps=self._claim_caps(round_number, selected, shards))
+        await self.intake.open_round(collector, global_state)
         sealed = announcement.seal(self.s.identity).to_bytes()
         await self.s.bus.publish(self.s.topics.announce, parcel.pack(sealed, inline), retain=True)
         # The bus carries it now; the DHT copy (for late joiners) must not hold up the round.
@@ -185,42 +283,106 @@ class RoundDriver:
         log.info("round %d announced: model v%d, %d trainers selected", round_number, version, len(selected))
         return collector
 
-    async def _commit(self, collector: RoundCollector, seconds: float, attempts: int) -> None:
+    async def _commit(self, collector: RoundCollector, seconds: float, attempts: int,
+                      standings: dict[bytes, Standing], scoring_s: float) -> None:
         nbytes = state_bytes(self.intake.global_state)
-        new_state, scores = await run_sized(nbytes, collector.strategy.finish)
+        result = await run_sized(nbytes, collector.strategy.finish)
+        new_state = result.state
         parts = await run_sized(nbytes, tensors.encode_parts, new_state, compress=self.config.network.enable_compression)
         digest = await asyncio.to_thread(self.s.peer.blobs.put_parts, parts)
         size = tensors.parts_size(parts)
         inline = b"".join(parts) if self.config.network.rides_inline(size) else None
         self._last_model = (digest, new_state, inline)  # the next round starts from it: no read-back and decode
+        evaluated = time.perf_counter()
         metrics = await asyncio.to_thread(evaluate, self.task, self.model, new_state, self.validation)
-        # Rewards go to listed trainers only (open jobs let strangers help, not get paid).
-        samples = {key: float(rec.num_samples) for key, rec in collector.accepted.items()
-                   if self.config.admission.listed(key)}
-        pool = rewards.split_pool(rewards.to_micro(self.config.federated.reward_pool), samples)
-        commit = RoundCommit(collector.round, digest, size, collector.accepted_updates(scores), pool,
-                             metrics, seconds, attempts, self.terms_digest)
-        version = self.s.store.commit_round(commit, self.s.identity)  # on the loop: one SQLite connection
+        evaluate_s = time.perf_counter() - evaluated
+        await self.intake.kept(collector)
+        scores = await asyncio.to_thread(self.intake.scorer.marginal, self._accepted_deltas(collector))
+        scoring_s += self.intake.scorer.seconds
+        credits = self._credits(collector, result.scores, scores)
+        pool = rewards.split_pool(rewards.to_micro(self.config.federated.reward_pool), credits)
+        for key in credits:
+            if credits[key] > 0:
+                collector.conduct.setdefault(key, RoundConduct()).credited = True
+        new_standings = {key: next_standing(standings.get(key, Standing()), c, collector.round, self.config.reputation)
+                         for key, c in collector.conduct.items()}
+        state_digest = await asyncio.to_thread(self._store_server_state)
+        commit = RoundCommit(collector.round, digest, size, collector.accepted_updates(result.scores, scores), pool,
+                             metrics, seconds, attempts, self.terms_digest, charges=self._charges(collector.conduct),
+                             standings=new_standings, server_state_digest=state_digest,
+                             timings={"scoring_s": scoring_s, "evaluate_s": evaluate_s})
+        try:
+            version = self.s.store.commit_round(commit, self.s.identity)  # on the loop: one SQLite connection
+        except BaseException:
+            await self._restore_server_state()  # finish() advanced it; the commit did not happen
+            raise
         shown = ", ".join(f"{k} {metrics[k]:.4f}" for k in self.task.metrics if k in metrics)
-        log.info("round %d committed as v%d: %d updates, %s, %.2fs",
-                 collector.round, version, len(commit.updates), shown, seconds)
-        checkpoint = await self._checkpoint(collector.round, digest)
+        log.info("round %d committed as v%d: %d updates (%d dropped by %s), %s, %.2fs (scoring %.3fs)",
+                 collector.round, version, len(commit.updates), len(result.dropped),
+                 self.config.federated.aggregation.name, shown, seconds, scoring_s)
+        checkpoint = await self._checkpoint(collector.round, digest, state_digest)
         committed = RoundCommitted(
             job_id=self.config.job_id, term=self.leadership.term, round=collector.round, model_version=version,
             model_digest=digest, checkpoint_digest=checkpoint, providers=[self.s.peer.address_str],
             total_rounds=self.config.federated.rounds, participants=len(commit.updates),
-            metrics=dict(list(metrics.items())[:16]), issued=time.time(), expires=time.time() + COMMITTED_TTL,
+            metrics=dict(list(metrics.items())[:16]), server_state_digest=state_digest,
+            issued=time.time(), expires=time.time() + COMMITTED_TTL,
         )
         self.leadership.expect_ack()
         await self.s.bus.publish(self.s.topics.committed, committed.seal(self.s.identity).to_bytes(), retain=True)
         await self.leadership.await_standby(collector.round)
 
-    async def _checkpoint(self, round_number: int, model_digest: str) -> str:
+    def _accepted_deltas(self, collector: RoundCollector):
+        """Each accepted update's (key, weight, delta), read back from the blob store one at a time
+        (one not there scores 0)."""
+        keys = {record.blob_digest: key for key, record in collector.accepted.items()}
+        for digest, delta in self.intake.read_back(sorted(keys)):
+            yield keys[digest], collector.weights.get(keys[digest], 1), delta
+
+    def _credits(self, collector: RoundCollector, shares: dict[bytes, float],
+                 scores: dict[bytes, float]) -> dict[bytes, float]:
+        """What each update earns a share of the pool by: its marginal score if positive and the
+        strategy kept it; nothing otherwise. Only listed trainers are paid (open jobs let
+        strangers help, not get paid)."""
+        credits = {}
+        for key in collector.accepted:
+            score = scores.get(key, 0.0)
+            if self.config.admission.listed(key) and shares.get(key, 0.0) > 0 and math.isfinite(score):
+                credits[key] = max(score, 0.0)
+        return credits
+
+    def _charges(self, conduct: dict[bytes, RoundConduct]) -> list[LedgerCharge]:
+        """A penalty entry per penalized refusal reason, and a slash of the key's remaining stake."""
+        stakes = {bytes.fromhex(self.config.admission.trainers[name]): rewards.to_micro(amount)
+                  for name, amount in self.config.admission.stakes.items()}
+        slashed = self.s.store.slashed()
+        fraction = self.config.security.slash_fraction
+        charges = []
+        for key, c in sorted(conduct.items()):
+            remaining = stakes.get(key, 0) - slashed.get(key, 0)
+            for reason in sorted(c.refusals):
+                charges.append(LedgerCharge(key, "penalty", 0, reason))
+                amount = int(remaining * fraction)
+                if amount > 0:
+                    charges.append(LedgerCharge(key, "slash", -amount, reason))
+                    remaining -= amount
+        return charges
+
+    def _store_server_state(self) -> str | None:
+        """The strategy's state after this round as a blob (written and synced before the commit
+        names it), or None for a stateless strategy."""
+        state = self.strategy.state_dict()
+        if set(state) <= {"strategy"}:
+            return None
+        return self.s.peer.blobs.put_bytes(tensors.encode_state(state))
+
+    async def _checkpoint(self, round_number: int, model_digest: str, server_state_digest: str | None) -> str:
         """Snapshot the committed state into a blob and point to it from the DHT, for standbys."""
         image = self.s.store.snapshot()
         digest = await asyncio.to_thread(self.s.peer.blobs.put_bytes, image)
         pointer = {"round": round_number, "term": self.leadership.term, "checkpoint_digest": digest,
-                   "model_digest": model_digest, "providers": [self.s.peer.address_str]}
+                   "model_digest": model_digest, "providers": [self.s.peer.address_str],
+                   "server_state_digest": server_state_digest or ""}
         self.s.spawn(self.s.dht_put(dht_checkpoint_name(self.config.job_id), pointer, 24 * 3600.0,
                                     f"round-{round_number} checkpoint pointer"))
         return digest

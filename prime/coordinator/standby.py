@@ -62,16 +62,18 @@ class StandbyRole:
             self.latest = committed
         if not self.holds(committed.round, committed.model_digest):
             self.s.spawn(self._mirror(committed.round, committed.checkpoint_digest, committed.model_digest,
-                                       committed.providers))
+                                      committed.providers, committed.server_state_digest))
 
-    async def _mirror(self, round_number: int, checkpoint: str, model: str, providers: list[str]) -> bool:
+    async def _mirror(self, round_number: int, checkpoint: str, model: str, providers: list[str],
+                      server_state: str | None = None) -> bool:
+        """Fetch a commit's snapshot, model and strategy server state, then restore the snapshot."""
         async with self._mirror_lock:
             if self.holds(round_number, model):
                 return True
             net, ft = self.s.config.network, self.s.config.fault_tolerance
             addresses = [parse_hostport(p) for p in providers]
             try:
-                for digest in (checkpoint, model):
+                for digest in (checkpoint, model, *([server_state] if server_state else [])):
                     await with_retries(
                         lambda d=digest: fetch_from_any(addresses, d, self.s.peer.blobs,
                                                         max_bytes=net.max_message_size, timeout=net.timeout),
@@ -105,7 +107,7 @@ class StandbyRole:
                 and not self.holds(pointer["round"], str(pointer.get("model_digest")))):
             try:
                 await self._mirror(pointer["round"], pointer["checkpoint_digest"], pointer["model_digest"],
-                                   list(pointer["providers"]))
+                                   list(pointer["providers"]), pointer.get("server_state_digest") or None)
             except (KeyError, TypeError, ValueError) as exc:
                 log.warning("standby: malformed checkpoint pointer in the DHT: %s", exc)
 
@@ -132,7 +134,8 @@ class StandbyRole:
             await self._catch_up_from_dht()
             behind = self.latest is not None and not self.holds(self.latest.round, self.latest.model_digest)
             if behind and not await self._mirror(self.latest.round, self.latest.checkpoint_digest,
-                                                 self.latest.model_digest, self.latest.providers):
+                                                 self.latest.model_digest, self.latest.providers,
+                                                 self.latest.server_state_digest):
                 log.warning("standby: primary is gone but round %d's checkpoint is unreachable; "
                             "not taking over behind it", self.latest.round)
                 continue

@@ -45,10 +45,10 @@ def _collect(db: sqlite3.Connection) -> dict[str, Any]:
 
     rounds = [
         dict(zip(("round", "model_version", "participants", "samples", "accuracy", "loss", "seconds", "announcements",
-                  "committed_at", "metrics"), (*r[:-1], json.loads(r[-1]) if r[-1] else {})))
+                  "committed_at", "metrics", "timings"), (*r[:-2], *(json.loads(v) if v else {} for v in r[-2:]))))
         for r in db.execute(
             "SELECT round, model_version, participants, samples, accuracy, loss, seconds, announcements, committed,"
-            " metrics FROM rounds ORDER BY round"
+            " metrics, timings FROM rounds ORDER BY round"
         )
     ]
     versions = [
@@ -59,16 +59,28 @@ def _collect(db: sqlite3.Connection) -> dict[str, Any]:
     for row in rounds:
         row["slowest_train_seconds"] = slowest.get(row["round"])
     rejected = [
-        {"round": r, "node": who(k) if n == "" else n, "key": k.hex() if k else None, "reason": reason, "detail": detail}
-        for r, k, n, reason, detail in db.execute(
-            "SELECT round, node_key, node_name, reason, detail FROM rejections ORDER BY id"
+        {"round": r, "node": who(k) if n == "" else n, "key": k.hex() if k else None, "reason": reason, "detail": detail,
+         "count": count}
+        for r, k, n, reason, detail, count in db.execute(
+            "SELECT round, node_key, node_name, reason, detail, count FROM rejections ORDER BY id"
         )
     ]
     entries = [LedgerEntry(*row) for row in db.execute(
-        "SELECT seq, round, node_key, amount, prev_hash, hash, signature FROM ledger ORDER BY seq")]
+        "SELECT seq, round, node_key, amount, prev_hash, hash, signature, kind, reason FROM ledger ORDER BY seq")]
     balances: dict[str, float] = {}
+    slashed: dict[str, float] = {}
+    penalties: dict[str, int] = {}
     for e in entries:
-        balances[who(e.node_key)] = balances.get(who(e.node_key), 0) + e.amount / MICRO
+        if e.kind == "reward":
+            balances[who(e.node_key)] = balances.get(who(e.node_key), 0) + e.amount / MICRO
+        elif e.kind == "slash":
+            slashed[who(e.node_key)] = slashed.get(who(e.node_key), 0) - e.amount / MICRO
+        else:
+            penalties[who(e.node_key)] = penalties.get(who(e.node_key), 0) + 1
+    reputation = {who(k): {"score": score, "strikes": strikes, "excluded_until_round": until}
+                  for k, score, strikes, until in db.execute(
+                      "SELECT node_key, score, strikes, excluded_until FROM reputation ORDER BY node_key")}
+    scores = {who(k): total for k, total in db.execute("SELECT node_key, SUM(score) FROM updates GROUP BY node_key")}
     chain_ok, chain_error = True, None
     if "coordinator_key" in meta:
         try:
@@ -86,6 +98,10 @@ def _collect(db: sqlite3.Connection) -> dict[str, Any]:
         "model_versions": versions,
         "rejected_updates": rejected,
         "rewards": dict(sorted(balances.items())),
+        "measured_scores": dict(sorted(scores.items())),
+        "penalties": dict(sorted(penalties.items())),
+        "slashed": dict(sorted(slashed.items())),
+        "reputation": dict(sorted(reputation.items())),
         "ledger_entries": len(entries),
         "ledger_valid": chain_ok,
         "ledger_error": chain_error,
@@ -108,10 +124,18 @@ def format_status(status: dict[str, Any]) -> str:
     latest = status["model_versions"][-1] if status["model_versions"] else None
     if latest:
         lines.append(f"model versions: {len(status['model_versions'])} (latest v{latest['version']} {latest['digest'][:16]}…)")
-    lines.append(f"rejected updates: {len(status['rejected_updates'])}")
+    lines.append(f"rejected updates: {sum(r.get('count', 1) for r in status['rejected_updates'])}")
     for rej in status["rejected_updates"]:
-        lines.append(f"  round {rej['round']:>4}  {rej['node']:<16} {rej['reason']}: {rej['detail']}")
+        times = f" (x{rej['count']})" if rej.get("count", 1) > 1 else ""
+        lines.append(f"  round {rej['round']:>4}  {rej['node']:<16} {rej['reason']}{times}: {rej['detail']}")
     lines.append(f"rewards (ledger {status['ledger_entries']} entries, chain {'valid' if status['ledger_valid'] else 'BROKEN: ' + str(status['ledger_error'])}):")
     for node, amount in status["rewards"].items():
-        lines.append(f"  {node:<16} {amount:>12.6f}")
+        lines.append(f"  {node:<16} {amount:>12.6f}  (measured score {status['measured_scores'].get(node, 0.0):+.4f})")
+    if status["penalties"] or status["reputation"]:
+        lines.append("reputation (penalties, slashed tokens):")
+        for node, standing in status["reputation"].items():
+            until = standing["excluded_until_round"]
+            out = f", excluded through round {until}" if until else ""
+            lines.append(f"  {node:<16} {standing['score']:.2f}  {status['penalties'].get(node, 0)} penalties, "
+                         f"{status['slashed'].get(node, 0.0):.6f} slashed, {standing['strikes']} strikes{out}")
     return "\n".join(lines)

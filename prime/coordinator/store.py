@@ -1,23 +1,26 @@
 """The coordinator's durable state: one SQLite database, one transaction per commit.
 
-A round commit writes the new model version, the round row, the accepted updates
-and the reward entries in a single transaction, so after a crash the state is
-exactly the last committed round: never half a round, never a round twice. The
-unique ``(round, node_key)`` constraint on the ledger makes double crediting
-impossible even if the code above it were wrong.
+A round commit writes the new model version, the round row, the accepted updates, the
+strategy's server state (by digest of its blob), the reputation changes, and the reward,
+penalty and slash entries in a single transaction, so after a crash the state is
+exactly the last committed round: never half a round, never a round twice (invariants
+1, 2 and 6). The unique ``(round, node_key, kind, reason)`` constraint on the ledger
+makes double crediting impossible even if the code above it were wrong.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import sqlite3
 import time
 from contextlib import closing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from prime.atomic import write_atomic
 from prime.coordinator.ledger import GENESIS, LedgerEntry, make_entry
+from prime.coordinator.reputation import Standing
 from prime.core.errors import CoordinatorError
 from prime.core.identity import Identity
 
@@ -29,19 +32,23 @@ CREATE TABLE IF NOT EXISTS model_versions(
 CREATE TABLE IF NOT EXISTS rounds(
     round INTEGER PRIMARY KEY, model_version INTEGER NOT NULL REFERENCES model_versions(version),
     participants INTEGER NOT NULL, samples INTEGER NOT NULL, accuracy REAL, loss REAL,
-    seconds REAL NOT NULL, announcements INTEGER NOT NULL, committed REAL NOT NULL, metrics TEXT);
+    seconds REAL NOT NULL, announcements INTEGER NOT NULL, committed REAL NOT NULL, metrics TEXT, timings TEXT);
 CREATE TABLE IF NOT EXISTS updates(
     round INTEGER NOT NULL, node_key BLOB NOT NULL, node_name TEXT NOT NULL, digest TEXT NOT NULL,
-    num_samples INTEGER NOT NULL, score REAL NOT NULL, train_seconds REAL,
+    num_samples INTEGER NOT NULL, score REAL NOT NULL, train_seconds REAL, share REAL,
     PRIMARY KEY(round, node_key));
 CREATE TABLE IF NOT EXISTS rejections(
     id INTEGER PRIMARY KEY, round INTEGER NOT NULL, node_key BLOB, node_name TEXT NOT NULL,
-    reason TEXT NOT NULL, detail TEXT NOT NULL, at REAL NOT NULL);
+    reason TEXT NOT NULL, detail TEXT NOT NULL, at REAL NOT NULL, count INTEGER NOT NULL DEFAULT 1);
 CREATE TABLE IF NOT EXISTS pending_updates(
     round INTEGER NOT NULL, node_key BLOB NOT NULL, envelope BLOB NOT NULL, PRIMARY KEY(round, node_key));
 CREATE TABLE IF NOT EXISTS ledger(
     seq INTEGER PRIMARY KEY, round INTEGER NOT NULL, node_key BLOB NOT NULL, amount INTEGER NOT NULL,
-    prev_hash BLOB NOT NULL, hash BLOB NOT NULL, signature BLOB NOT NULL, UNIQUE(round, node_key));
+    prev_hash BLOB NOT NULL, hash BLOB NOT NULL, signature BLOB NOT NULL,
+    kind TEXT NOT NULL DEFAULT 'reward', reason TEXT NOT NULL DEFAULT '', UNIQUE(round, node_key, kind, reason));
+CREATE TABLE IF NOT EXISTS server_state(round INTEGER PRIMARY KEY, digest TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS reputation(
+    node_key BLOB PRIMARY KEY, score REAL NOT NULL, strikes INTEGER NOT NULL, excluded_until INTEGER NOT NULL);
 """
 
 
@@ -51,12 +58,28 @@ class AcceptedUpdate:
     node_name: str
     digest: str
     num_samples: int
+    #: Measured contribution: held-out loss before minus after the update (``scoring.py``).
     score: float
     train_seconds: float | None = None
+    #: The strategy's share of the aggregate (0: the strategy dropped it, e.g. Krum).
+    share: float | None = None
+
+
+@dataclass(frozen=True)
+class LedgerCharge:
+    """A penalty (amount 0: reputation lost) or a slash (negative micro-tokens from a stake)."""
+
+    node_key: bytes
+    kind: str
+    amount: int
+    reason: str
 
 
 #: Columns added since the first schema: (table, column, type). Older databases get them on open.
-_ADDED_COLUMNS = (("model_versions", "config_digest", "TEXT"), ("rounds", "metrics", "TEXT"))
+_ADDED_COLUMNS = (("model_versions", "config_digest", "TEXT"), ("rounds", "metrics", "TEXT"),
+                  ("rounds", "timings", "TEXT"), ("updates", "share", "REAL"),
+                  ("rejections", "count", "INTEGER NOT NULL DEFAULT 1"))
+_LEDGER_COLUMNS = "seq, round, node_key, amount, prev_hash, hash, signature, kind, reason"
 
 
 @dataclass(frozen=True)
@@ -72,6 +95,13 @@ class RoundCommit:
     announcements: int
     #: Digest of the job's agreed terms the round ran under (``prime/core/agreement.py``).
     config_digest: str | None = None
+    charges: list[LedgerCharge] = field(default_factory=list)
+    #: Reputation after this round, for every key whose standing changed.
+    standings: dict[bytes, Standing] = field(default_factory=dict)
+    #: Digest of the strategy's server state after this round (a safetensors blob), if it has any.
+    server_state_digest: str | None = None
+    #: Where the round's time went (``scoring_s``, …).
+    timings: dict[str, float] = field(default_factory=dict)
 
 
 class CoordinatorStore:
@@ -89,6 +119,16 @@ class CoordinatorStore:
         for table, column, kind in _ADDED_COLUMNS:
             if column not in {row[1] for row in self.db.execute(f"PRAGMA table_info({table})")}:
                 self.db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+        if "kind" not in {row[1] for row in self.db.execute("PRAGMA table_info(ledger)")}:
+            self._rebuild_ledger()
+
+    def _rebuild_ledger(self) -> None:
+        """A ledger of the first schema (rewards only, unique per round and key) gets kinds."""
+        old = "seq, round, node_key, amount, prev_hash, hash, signature"
+        self.db.executescript(
+            "BEGIN; ALTER TABLE ledger RENAME TO ledger_v1;"
+            + _SCHEMA[_SCHEMA.index("CREATE TABLE IF NOT EXISTS ledger"):_SCHEMA.index("CREATE TABLE IF NOT EXISTS server_state")]
+            + f"INSERT INTO ledger({old}) SELECT {old} FROM ledger_v1; DROP TABLE ledger_v1; COMMIT;")
 
     def close(self) -> None:
         self.db.close()
@@ -163,10 +203,35 @@ class CoordinatorStore:
         return row[0] if row else None
 
     def ledger(self) -> list[LedgerEntry]:
-        rows = self.db.execute(
-            "SELECT seq, round, node_key, amount, prev_hash, hash, signature FROM ledger ORDER BY seq"
-        ).fetchall()
+        rows = self.db.execute(f"SELECT {_LEDGER_COLUMNS} FROM ledger ORDER BY seq").fetchall()
         return [LedgerEntry(*row) for row in rows]
+
+    def standings(self) -> dict[bytes, Standing]:
+        rows = self.db.execute("SELECT node_key, score, strikes, excluded_until FROM reputation").fetchall()
+        return {key: Standing(score, strikes, until) for key, score, strikes, until in rows}
+
+    def latest_server_state(self) -> str | None:
+        """Digest of the server state committed with the newest round that has one."""
+        row = self.db.execute("SELECT digest FROM server_state ORDER BY round DESC LIMIT 1").fetchone()
+        return row[0] if row else None
+
+    def slashed(self) -> dict[bytes, int]:
+        """Micro-tokens slashed per key so far (positive numbers)."""
+        rows = self.db.execute("SELECT node_key, -SUM(amount) FROM ledger WHERE kind='slash' GROUP BY node_key")
+        return {key: int(total) for key, total in rows}
+
+    def committed_digests(self, round_number: int) -> list[str]:
+        """Blob digests of the updates committed in ``round_number``."""
+        return [d for (d,) in self.db.execute("SELECT digest FROM updates WHERE round=? ORDER BY node_key",
+                                              (round_number,))]
+
+    def median_claim(self, round_number: int) -> float | None:
+        """The median sample count claimed by the updates committed in ``round_number``."""
+        claims = sorted(n for (n,) in self.db.execute("SELECT num_samples FROM updates WHERE round=?", (round_number,)))
+        if not claims:
+            return None
+        mid = len(claims) // 2
+        return float(claims[mid]) if len(claims) % 2 else (claims[mid - 1] + claims[mid]) / 2
 
     # -- writes -----------------------------------------------------------------------
     def record_genesis(self, digest: str, size: int, config_digest: str | None = None) -> None:
@@ -186,6 +251,13 @@ class CoordinatorStore:
             "SELECT node_key, envelope FROM pending_updates WHERE round=?", (round_number,)).fetchall())
 
     def record_rejection(self, round_number: int, node_key: bytes | None, node_name: str, reason: str, detail: str) -> None:
+        """Store a refusal; the same refusal again (round, sender, reason) only raises its count."""
+        row = self.db.execute("SELECT id FROM rejections WHERE round=? AND node_key IS ? AND reason=?",
+                              (round_number, node_key, reason)).fetchone()
+        if row:
+            self.db.execute("UPDATE rejections SET count=count+1, detail=?, at=? WHERE id=?",
+                            (detail[:500], time.time(), row[0]))
+            return
         self.db.execute(
             "INSERT INTO rejections(round, node_key, node_name, reason, detail, at) VALUES(?, ?, ?, ?, ?, ?)",
             (round_number, node_key, node_name, reason, detail[:500], time.time()),
@@ -218,25 +290,36 @@ class CoordinatorStore:
         )
         cur.execute(
             "INSERT INTO rounds(round, model_version, participants, samples, accuracy, loss, seconds, announcements,"
-            " committed, metrics) VALUES(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " committed, metrics, timings) VALUES(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (commit.round, version, len(commit.updates), sum(u.num_samples for u in commit.updates),
              commit.metrics.get("accuracy"), commit.metrics.get("loss"), commit.seconds, commit.announcements, now,
-             json.dumps(commit.metrics, sort_keys=True)),
+             json.dumps(commit.metrics, sort_keys=True), json.dumps(commit.timings, sort_keys=True)),
         )
         cur.executemany(
-            "INSERT INTO updates VALUES(?, ?, ?, ?, ?, ?, ?)",
-            [(commit.round, u.node_key, u.node_name, u.digest, u.num_samples, u.score, u.train_seconds)
-             for u in commit.updates],
+            "INSERT INTO updates(round, node_key, node_name, digest, num_samples, score, train_seconds, share)"
+            " VALUES(?, ?, ?, ?, ?, ?, ?, ?)",
+            [(commit.round, u.node_key, u.node_name, u.digest, u.num_samples, u.score if math.isfinite(u.score) else 0.0,
+              u.train_seconds, u.share) for u in commit.updates],
         )
         cur.execute("DELETE FROM pending_updates WHERE round <= ?", (commit.round,))
+        if commit.server_state_digest is not None:
+            cur.execute("INSERT INTO server_state VALUES(?, ?)", (commit.round, commit.server_state_digest))
+        cur.executemany(
+            "INSERT OR REPLACE INTO reputation VALUES(?, ?, ?, ?)",
+            [(key, s.score, s.strikes, s.excluded_until) for key, s in sorted(commit.standings.items())],
+        )
         row = cur.execute("SELECT seq, hash FROM ledger ORDER BY seq DESC LIMIT 1").fetchone()
         seq, prev = (row[0], row[1]) if row else (0, GENESIS)
-        for node_key in sorted(commit.rewards):
+        entries = [(key, amount, "reward", "") for key, amount in sorted(commit.rewards.items())]
+        entries += [(c.node_key, c.amount, c.kind, c.reason)
+                    for c in sorted(commit.charges, key=lambda c: (c.node_key, c.kind, c.reason))]
+        for node_key, amount, kind, reason in entries:
             seq += 1
-            entry = make_entry(identity, seq, commit.round, node_key, commit.rewards[node_key], prev)
+            entry = make_entry(identity, seq, commit.round, node_key, amount, prev, kind, reason)
             cur.execute(
-                "INSERT INTO ledger VALUES(?, ?, ?, ?, ?, ?, ?)",
-                (entry.seq, entry.round, entry.node_key, entry.amount, entry.prev_hash, entry.hash, entry.signature),
+                f"INSERT INTO ledger({_LEDGER_COLUMNS}) VALUES(?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (entry.seq, entry.round, entry.node_key, entry.amount, entry.prev_hash, entry.hash, entry.signature,
+                 entry.kind, entry.reason),
             )
             prev = entry.hash
         return version

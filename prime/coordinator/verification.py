@@ -14,6 +14,7 @@ import torch
 from prime.core.config import JobConfig
 from prime.core.errors import UpdateRejected
 from prime.core.records import RoundAnnouncement, UpdateRecord, freshness_error
+from prime.core.refusals import Refusal
 
 
 def check_record(
@@ -21,31 +22,31 @@ def check_record(
 ) -> None:
     security = config.security
     if not config.admission.admits(signer):
-        raise UpdateRejected("unknown_key", "signer is not an admitted trainer")
+        raise UpdateRejected(Refusal.UNKNOWN_KEY, "signer is not an admitted trainer")
     stale = freshness_error(record.issued, record.expires, now,
                             max_skew=security.max_clock_skew, max_ttl=security.record_ttl)
     if stale:
         raise UpdateRejected(stale, f"issued {record.issued:.0f}, expires {record.expires:.0f}, now {now:.0f}")
     if record.job_id != config.job_id:
-        raise UpdateRejected("wrong_job", f"record is for job {record.job_id!r}")
+        raise UpdateRejected(Refusal.WRONG_JOB, f"record is for job {record.job_id!r}")
     if announcement is None or record.round != announcement.round:
         current = announcement.round if announcement else "none"
-        raise UpdateRejected("wrong_round", f"update for round {record.round}, current round is {current}")
+        raise UpdateRejected(Refusal.WRONG_ROUND, f"update for round {record.round}, current round is {current}")
     if record.term != announcement.term:
-        raise UpdateRejected("wrong_term", f"update for term {record.term}, this coordinator leads term {announcement.term}")
+        raise UpdateRejected(Refusal.WRONG_TERM, f"update for term {record.term}, this coordinator leads term {announcement.term}")
     if record.model_version != announcement.model_version:
         raise UpdateRejected(
             "wrong_model_version", f"trained on v{record.model_version}, round uses v{announcement.model_version}"
         )
     if signer not in announcement.selected:
-        raise UpdateRejected("not_selected", f"not selected for round {record.round}")
+        raise UpdateRejected(Refusal.NOT_SELECTED, f"not selected for round {record.round}")
     assigned = announcement.shard_of(signer)
     if record.shard is not None and record.shard != assigned:
-        raise UpdateRejected("wrong_shard", f"trained on shard {record.shard}, the round assigned shard {assigned}")
+        raise UpdateRejected(Refusal.WRONG_SHARD, f"trained on shard {record.shard}, the round assigned shard {assigned}")
     if record.blob_size > config.network.max_message_size:
-        raise UpdateRejected("oversize", f"blob of {record.blob_size} bytes exceeds {config.network.max_message_size}")
+        raise UpdateRejected(Refusal.OVERSIZE, f"blob of {record.blob_size} bytes exceeds {config.network.max_message_size}")
     if record.num_samples <= 0:
-        raise UpdateRejected("no_samples", "update claims zero samples")
+        raise UpdateRejected(Refusal.NO_SAMPLES, "update claims zero samples")
     if record.num_samples > security.max_samples_per_update:
         raise UpdateRejected(
             "too_many_samples", f"claims {record.num_samples} samples, cap is {security.max_samples_per_update}"
@@ -55,16 +56,16 @@ def check_record(
 def check_tensors(delta: dict[str, torch.Tensor], reference: dict[str, torch.Tensor], max_norm: float = 0.0) -> None:
     if set(delta) != set(reference):
         missing, extra = sorted(set(reference) - set(delta)), sorted(set(delta) - set(reference))
-        raise UpdateRejected("wrong_tensors", f"missing {missing[:3]}, unexpected {extra[:3]}")
+        raise UpdateRejected(Refusal.WRONG_TENSORS, f"missing {missing[:3]}, unexpected {extra[:3]}")
     for name, ref in reference.items():
         value = delta[name]
         if value.shape != ref.shape:
-            raise UpdateRejected("wrong_shape", f"{name}: {tuple(value.shape)} != {tuple(ref.shape)}")
+            raise UpdateRejected(Refusal.WRONG_SHAPE, f"{name}: {tuple(value.shape)} != {tuple(ref.shape)}")
         if value.dtype != ref.dtype:
-            raise UpdateRejected("wrong_dtype", f"{name}: {value.dtype} != {ref.dtype}")
+            raise UpdateRejected(Refusal.WRONG_DTYPE, f"{name}: {value.dtype} != {ref.dtype}")
         if not bool(torch.isfinite(value).all()):
-            raise UpdateRejected("not_finite", f"{name} has NaN or Inf")
+            raise UpdateRejected(Refusal.NOT_FINITE, f"{name} has NaN or Inf")
     if max_norm > 0:
         norm = float(torch.sqrt(sum(v.to(torch.float64).pow(2).sum() for v in delta.values())))
         if norm > max_norm:
-            raise UpdateRejected("norm_too_large", f"L2 norm {norm:.4g} exceeds the bound {max_norm:.4g}")
+            raise UpdateRejected(Refusal.NORM_TOO_LARGE, f"L2 norm {norm:.4g} exceeds the bound {max_norm:.4g}")

@@ -59,9 +59,9 @@ class UpdateRejected(PrimeError):
     """An update failed verification; ``reason`` is a short machine-readable code."""
 
     def __init__(self, reason: str, detail: str = "") -> None:
-        self.reason = reason
+        self.reason = str(reason)  # a prime.core.refusals.Refusal, stored as its plain string
         self.detail = detail
-        super().__init__(f"{reason}: {detail}" if detail else reason)
+        super().__init__(f"{self.reason}: {detail}" if detail else self.reason)
 
 
 class TaskError(PrimeError):

@@ -119,6 +119,8 @@ class RoundCommitted(_Record):
     participants: int = Field(ge=0)
     #: The task's held-out metrics of the committed model (``bits_per_byte``, ``accuracy``, …).
     metrics: dict[str, float] = Field(max_length=16)
+    #: The aggregation strategy's server state after this round (a blob), if the strategy keeps any.
+    server_state_digest: Annotated[str, Field(pattern=_DIGEST)] | None
     issued: float
     expires: float
 

@@ -94,5 +94,6 @@ spec = TaskSpec(
     evaluate=lambda options, model, data: evaluate_classifier(model, data),
     metrics=("accuracy", "loss"),
     shard_units=_shard_units,
+    public_data=True,
     description="MLP on scikit-learn's 8x8 digits, Dirichlet non-IID shards",
 )

@@ -78,6 +78,11 @@ class TaskSpec:
     tokens_per_sample: Callable[[Any], int] = lambda options: 1
     #: Samples per micro-batch given ``training.batch_size`` (a language model may size its batches in tokens).
     batch_size: Callable[[Any, int], int] = lambda options, configured: configured
+    #: Every participant can read every shard (built-in data sets), so a verifier can recompute any
+    #: trainer's round (spot checks, ``prime verify``). False for private data: checks are inconclusive.
+    #: Declare it only if every participant reads the same bytes and the loss draws no random numbers
+    #: (dropout): otherwise an honest trainer's round does not recompute and fails its check.
+    public_data: bool = False
     description: str = ""
 
     def bind(self, options: TaskOptions) -> "Task":

@@ -123,5 +123,6 @@ spec = TaskSpec(
     shard_units=lambda options, model: list(model.blocks),
     tokens_per_sample=seq_len,
     batch_size=sequences_per_batch,
+    public_data=True,
     description="byte-level transformer LM on the Python standard library's source, split non-IID by module",
 )

@@ -15,7 +15,7 @@ from pathlib import Path
 from prime.console import LOG_LEVELS, hostport, hostport_list, run_main, setup_logging
 from prime.core.config import load_config
 from prime.core.errors import PrimeError
-from prime.trainer.distributed import close_process_group, is_leader, resolve_device
+from prime.trainer.distributed import close_process_group, is_leader, leave_torchrun, resolve_device
 from prime.trainer.node import TrainerNode
 
 
@@ -38,13 +38,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def follow_rank0(args: argparse.Namespace) -> int:
     """A torchrun rank above 0: build the same engine and take part in what rank 0 leads."""
+    from prime.core.aggregation.config import proximal_mu
     from prime.tasks import task_of
     from prime.trainer.engine import LocalEngine
 
     try:
         config = load_config(args.config)
         engine = LocalEngine(task_of(config), config.training, device=resolve_device(args.device),
-                             data_path=args.data_path)
+                             data_path=args.data_path, proximal_mu=proximal_mu(config.federated.aggregation))
         engine.follow()
     except PrimeError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -58,8 +59,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if not is_leader():
         setup_logging(args.log_level, f"{args.node_id}/rank")
-        return follow_rank0(args)
+        return leave_torchrun(follow_rank0(args))
     setup_logging(args.log_level, args.node_id)
+    return leave_torchrun(run_node(args))
+
+
+def run_node(args: argparse.Namespace) -> int:
+    """Rank 0 (or the only process): the node itself."""
 
     async def run(on_stop) -> int:
         config = load_config(args.config)

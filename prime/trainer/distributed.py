@@ -8,7 +8,9 @@ as a multi-GPU node would.
 
 from __future__ import annotations
 
+import logging
 import os
+import sys
 from datetime import timedelta
 
 import torch
@@ -58,3 +60,19 @@ def is_leader() -> bool:
 def close_process_group() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+def leave_torchrun(code: int) -> int:
+    """End a torchrun rank now that its process group is closed, skipping interpreter teardown.
+
+    Gloo's worker threads can outlive ``destroy_process_group`` by a moment; if interpreter
+    finalization reaches them first the C++ runtime aborts the rank ("terminate called without
+    an active exception", SIGABRT), torchrun then SIGTERMs the other ranks and the node exits
+    non-zero after a clean run. A plain process (no ``WORLD_SIZE`` > 1) returns ``code``.
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return code
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

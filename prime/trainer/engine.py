@@ -12,6 +12,20 @@ other ranks, which wait in :meth:`LocalEngine.follow`, to make the same call. Ev
 rank receives the global state by broadcast, trains on its own slice of each global
 batch (so the node's update is what one process computes on the whole batch), FSDP2
 reduces the gradients, and rank 0 gathers the full state for the delta.
+
+With ``training.reproducible_rounds`` a round is a pure function of public inputs (the
+global state, the job, the round number, the shard and the job's config), so a verifier can
+recompute it (``prime/coordinator/spotcheck.py``): each round starts from a fresh optimizer,
+its schedule step is where a trainer that took every round would be, and its batches follow
+an order seeded by (job, round, shard, seed) from epoch 0 batch 0, dropping short batches
+(so N ranks compute what one process does, epochs too). The caller names the round with a
+:class:`RoundKey`.
+
+FedProx (``proximal_mu > 0``) adds the gradient of (μ/2)·‖w − w_global‖² to every optimizer
+step: exactly what adding that term to each micro-batch's loss does (the accumulated mean of
+the term's gradient is μ·(w − w_global), whatever the group size), computed on the fp32
+master shards instead of through the forward pass, so it costs no activation memory and
+needs no collective. The reported loss stays the task's.
 """
 
 from __future__ import annotations
@@ -41,7 +55,7 @@ from prime.core.config import FederatedConfig, OptimizerName, Precision, Schedul
 from prime.core.datasets import Split
 from prime.core.errors import TrainerError
 from prime.tasks.spec import Shard, Task
-from prime.trainer.data import DataPosition, global_batches, rank_slice
+from prime.trainer.data import DataPosition, batches_per_epoch, global_batches, rank_slice, round_seed
 from prime.trainer.distributed import ensure_process_group
 from prime.trainer.ranks import Command, RankChannel
 
@@ -60,6 +74,27 @@ class LocalWork:
     @classmethod
     def of(cls, federated: FederatedConfig) -> "LocalWork":
         return cls(epochs=federated.local_epochs, steps=federated.local_steps)
+
+
+@dataclass(frozen=True)
+class RoundKey:
+    """Which round a reproducible round is: with the job's config, all its batch order and
+    schedule depend on (``job_id`` is hashed, never sent to other ranks)."""
+
+    job_id: str
+    round: int  # 1-based, as announced
+    shard: int
+
+    def order_seed(self, seed: int) -> int:
+        return round_seed(self.job_id, self.round, self.shard, seed)
+
+
+@dataclass(frozen=True)
+class _RoundPlan:
+    """What a reproducible round needs on every rank: two integers, so they travel in a command."""
+
+    order_seed: int
+    start_step: int
 
 
 @dataclass(frozen=True)
@@ -141,9 +176,19 @@ def state_mismatch(model_state: StateDict, global_state: StateDict) -> list[str]
     return problems
 
 
+def _add_epochs(before: DataPosition, done: DataPosition, per_epoch: int) -> DataPosition:
+    """A reproducible round's own position (from its epoch 0) added to the epochs done before it:
+    the position then only counts epochs (``training.max_epochs``); it no longer orders batches."""
+    epoch, batch = divmod(before.batch + done.batch, per_epoch)
+    return DataPosition(before.epoch + done.epoch + epoch, batch)
+
+
 class LocalEngine:
     def __init__(self, task: Task, training: TrainingConfig, model: nn.Module | None = None, *,
-                 device: torch.device | None = None, data_path=None) -> None:
+                 device: torch.device | None = None, data_path=None, proximal_mu: float = 0.0) -> None:
+        if not proximal_mu >= 0.0:
+            raise TrainerError(f"proximal_mu must be >= 0, got {proximal_mu}")
+        self.proximal_mu = float(proximal_mu)  # FedProx's μ (prime.core.aggregation.proximal_mu)
         self.device = ensure_process_group(device)
         self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
         self.task = task
@@ -203,33 +248,73 @@ class LocalEngine:
         # set_model_state_dict replaces the dict's values with DTensors: give it a copy.
         set_model_state_dict(self.model, dict(state) if self.rank == 0 else {}, options=options)
 
-    def train(self, start: StateDict, work: LocalWork) -> tuple[StateDict, TrainMetrics]:
-        """Run one round's local work from ``start``; return (delta, metrics). ``start`` is read on rank 0."""
+    def train(self, start: StateDict, work: LocalWork, *,
+              round_key: RoundKey | None = None) -> tuple[StateDict, TrainMetrics]:
+        """Run one round's local work from ``start``; return (delta, metrics). ``start`` is read on rank 0.
+
+        ``round_key`` names the round; it is required, and only used, with ``reproducible_rounds``."""
         if self.data is None:
             raise TrainerError("no training data: call use_shard or use_data first")
         self.check_matches(start)  # before the other ranks are told: a refusal must not strand them
+        plan = self._plan(work, round_key)
         with self._lock:
-            self.channel.lead(Command.TRAIN, work.epochs, work.steps)
-            return self._train(start, work)
+            self.channel.lead(Command.TRAIN, work.epochs, work.steps, *(
+                (plan.start_step, plan.order_seed) if plan else ()))
+            return self._train(start, work, plan)
 
-    def _train(self, start: StateDict, work: LocalWork) -> tuple[StateDict, TrainMetrics]:
+    def steps_per_round(self, work: LocalWork) -> int:
+        """Optimizer steps one reproducible round of ``work`` takes on the current data."""
+        if work.steps:
+            return work.steps
+        micro = batches_per_epoch(len(self.data), self.task.batch_size(self.training.batch_size), drop_last=True)
+        return work.epochs * -(-micro // self.training.gradient_accumulation)
+
+    def _plan(self, work: LocalWork, key: RoundKey | None) -> _RoundPlan | None:
+        if not self.training.reproducible_rounds:
+            return None
+        if key is None:
+            raise TrainerError("training.reproducible_rounds is on: LocalEngine.train needs round_key=RoundKey(...)")
+        if key.round < 1 or key.shard < 0:
+            raise TrainerError(f"bad round key {key}: rounds count from 1, shards from 0")
+        return _RoundPlan(key.order_seed(self.training.seed), (key.round - 1) * self.steps_per_round(work))
+
+    def _train(self, start: StateDict, work: LocalWork, plan: _RoundPlan | None) -> tuple[StateDict, TrainMetrics]:
         self.load_global(start)
         self.model.train()
-        metrics = self._run(work)
+        if plan is not None:  # nothing of earlier rounds carries over
+            self.optimizer = build_optimizer(self.model.parameters(), self.training, self.device)
+        anchor = [p.detach().clone() for p in self.model.parameters()] if self.proximal_mu > 0 else None
+        metrics = self._run(work, plan, anchor)
         end = self.global_state()
         delta = {k: end[k] - start[k].to(end[k].dtype) for k in end} if self.rank == 0 else {}
         return delta, metrics
 
-    def _run(self, work: LocalWork) -> TrainMetrics:
+    def _proximal(self, anchor: list[torch.Tensor]) -> None:
+        """Add FedProx's μ·(w − w_global) to each (local shard of a) gradient."""
+        for p, a in zip(self.model.parameters(), anchor):
+            pull = (p.detach() - a).mul_(self.proximal_mu)
+            if p.grad is None:
+                p.grad = pull
+            else:
+                p.grad.add_(pull)
+
+    def _run(self, work: LocalWork, plan: _RoundPlan | None = None,
+             anchor: list[torch.Tensor] | None = None) -> TrainMetrics:
         cfg = self.training
         accumulation = cfg.gradient_accumulation
-        stop_epoch = self.position.epoch + work.epochs
+        before = self.position
+        if plan is not None:  # the round's own order from its start, the schedule where the round is
+            seed, position, drop_last = plan.order_seed, DataPosition(), True
+            self.steps_done = plan.start_step
+        else:
+            # Step-counted work (the language-model way) drops an epoch's short last batch, so every step
+            # sees a full batch and one rank computes what N ranks do.
+            seed, position, drop_last = cfg.seed, self.position, work.steps > 0
+        stop_epoch = position.epoch + work.epochs
         loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
         micro, samples, steps = 0, 0, 0
-        # Step-counted work (the language-model way) drops an epoch's short last batch, so every step
-        # sees a full batch and one rank computes what N ranks do.
-        batches = global_batches(len(self.data), self.task.batch_size(cfg.batch_size), cfg.seed, self.position,
-                                 self.world_size, drop_last=work.steps > 0)
+        batch_size = self.task.batch_size(cfg.batch_size)
+        batches = global_batches(len(self.data), batch_size, seed, position, self.world_size, drop_last=drop_last)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         t0 = time.perf_counter()
@@ -253,12 +338,14 @@ class LocalEngine:
             loss_sum += loss.detach()
             micro += 1
             samples += len(batch.index)
-            self.position = batch.next_position
+            position = batch.next_position
             if last_micro:
                 if pending < accumulation:  # an epoch's short last group: scale its gradient up to a mean
                     for p in self.model.parameters():
                         if p.grad is not None:
                             p.grad.mul_(accumulation / pending)
+                if anchor is not None:
+                    self._proximal(anchor)
                 if cfg.gradient_clipping > 0:
                     torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.gradient_clipping)
                 self.optimizer.step()
@@ -266,6 +353,8 @@ class LocalEngine:
                 self.steps_done += 1
                 steps += 1
                 pending = 0
+        self.position = position if plan is None else _add_epochs(
+            before, position, batches_per_epoch(len(self.data), batch_size, self.world_size, drop_last=True))
         totals = torch.stack([loss_sum, torch.tensor(float(micro), device=self.device, dtype=torch.float64)])
         if self.world_size > 1:
             dist.all_reduce(totals)
@@ -313,13 +402,15 @@ class LocalEngine:
             if command is Command.SHARD:
                 self._use_shard(args[0], args[1])
             elif command is Command.TRAIN:
-                self._train({}, LocalWork(epochs=args[0], steps=args[1]))
+                plan = _RoundPlan(order_seed=args[3], start_step=args[2]) if self.training.reproducible_rounds else None
+                self._train({}, LocalWork(epochs=args[0], steps=args[1]), plan)
             elif command is Command.STATE:
                 self._state_dict()
             elif command is Command.LOAD:
                 self._load_state_dict(None, DataPosition(args[0], args[1]), args[2])
             elif command is Command.STOP:
                 log.info("rank %d: rank 0 says stop", self.rank)
+                dist.barrier()  # leave together: no rank tears its group down under another's feet
                 return
 
     def close(self) -> None:
@@ -327,4 +418,6 @@ class LocalEngine:
         with self._lock:
             if not self._closed:
                 self._closed = True
-                self.channel.lead(Command.STOP)
+                if self.world_size > 1:
+                    self.channel.lead(Command.STOP)
+                    dist.barrier()

@@ -28,6 +28,7 @@ from prime.bus.client import BusClient
 from prime.bus.liveness import Heartbeat
 from prime.bus.topics import Topics
 from prime.core import parcel, tensors
+from prime.core.aggregation.config import proximal_mu
 from prime.core.agreement import differences, job_terms, terms_digest
 from prime.core.config import JobConfig
 from prime.core.datasets import Split
@@ -49,7 +50,7 @@ from prime.tasks import task_of
 from prime.telemetry import METRICS_FILE, MetricsFile
 from prime.trainer.checkpoint import AUTO_PREFIX, CheckpointStore
 from prime.trainer.distributed import resolve_device
-from prime.trainer.engine import LocalEngine, LocalWork, TrainMetrics
+from prime.trainer.engine import LocalEngine, LocalWork, RoundKey, TrainMetrics
 from prime.trainer.modelfetch import ModelFetcher
 
 log = logging.getLogger(__name__)
@@ -141,11 +142,18 @@ class TrainerNode:
         identity = Identity.load_or_create(data_dir, node_id)
         task = task_of(config)
         engine = await asyncio.to_thread(LocalEngine, task, config.training, model, device=resolve_device(device),
-                                         data_path=Path(data_path) if data_path else None)
+                                         data_path=Path(data_path) if data_path else None,
+                                         proximal_mu=proximal_mu(config.federated.aggregation))
         if data is not None:
             engine.use_data(data)
-        elif data_partition is not None:
+        elif data_partition is not None:  # a pinned shard must load now
             await asyncio.to_thread(engine.use_shard, data_partition, config.num_shards)
+        else:  # the shard the coordinator will most likely assign, loaded now rather than in round 1
+            shard = config.shard_of(identity.public_key)
+            try:
+                await asyncio.to_thread(engine.use_shard, shard, config.num_shards)
+            except PrimeError as exc:  # a round that assigns it fails alone; the node keeps serving
+                log.warning("shard %d does not load yet (%s); trying again when a round assigns it", shard, exc)
         checkpoints = CheckpointStore(data_dir / "checkpoints", keep=config.fault_tolerance.max_checkpoints)
         net = config.network
         peer = await Peer.create(
@@ -426,8 +434,12 @@ class TrainerNode:
         """This round's local work: the delta to send and the metrics (sample count) to claim.
 
         The one seam where a subclass changes what a trainer sends (the attack harness in
-        ``benchmarks/byzantine.py`` does; honest nodes never override it)."""
-        return await asyncio.to_thread(self.engine.train, global_state, LocalWork.of(self.config.federated))
+        ``benchmarks/byzantine.py`` does; honest nodes never override it). The round key names the
+        round for ``training.reproducible_rounds`` (the shard the announcement assigns this key)."""
+        shard = ann.shard_of(self.identity.public_key)  # None only if not selected: refused when reproducible
+        key = RoundKey(self.config.job_id, ann.round, -1 if shard is None else shard)
+        return await asyncio.to_thread(self.engine.train, global_state, LocalWork.of(self.config.federated),
+                                       round_key=key)
 
     async def _model_bytes(self, ann: RoundAnnouncement, inline: bytes | None) -> bytes | memoryview:
         """The announced model: the inline copy if it is the signed one, else fetched by digest."""

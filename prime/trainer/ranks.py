@@ -19,7 +19,7 @@ _ARGS = 4
 
 class Command(IntEnum):
     SHARD = 1  # args: index, count
-    TRAIN = 2  # args: epochs, steps (the global state follows by broadcast)
+    TRAIN = 2  # args: epochs, steps, start_step, order_seed (reproducible rounds); the global state follows
     STATE = 3  # gather model and optimizer state to rank 0 (checkpoint)
     LOAD = 4  # args: epoch, batch, steps_done (the state follows by broadcast)
     STOP = 5

@@ -2,9 +2,10 @@
 honest trainers' updates commit, and the attacker earns nothing.
 
 A coordinator, a DHT node, a broker and three honest trainers run as processes. The
-attacker runs in the test: "mallory" holds an admitted key, heartbeats so it gets
-selected, records honest update notices as they pass on the bus, and in a later round
-sends, one after another:
+attacker runs in the test: "mallory" holds eight admitted keys (a refused trainer is no
+longer waited for, so each attack that needs an admitted signer gets a key of its own and
+the round stays open for all of them), heartbeats under each so they get selected, records
+honest update notices as they pass on the bus, and in a later round sends, one after another:
 
 - an update signed by a key the job never admitted ("eve")            → unknown_key
 - an update claiming mallory as signer but carrying eve's signature   → bad_signature
@@ -50,10 +51,15 @@ pytestmark = pytest.mark.slow
 MAX_BLOB = 1_000_000
 
 
+MALLORY_KEYS = 8
+
+
 def test_attacks_are_refused_with_reasons_and_earn_nothing(tmp_path):
-    mallory, eve = Identity.generate("mallory"), Identity.generate("eve")
+    mallory = [Identity.generate(f"mallory-{i}") for i in range(MALLORY_KEYS)]
+    eve = Identity.generate("eve")
     net = LocalNetwork(
-        tmp_path / "net", trainers=3, rounds=4, local_epochs=1, extra_admitted={"mallory": mallory.public_key_hex},
+        tmp_path / "net", trainers=3, rounds=4, local_epochs=1,
+        extra_admitted={key.name: key.public_key_hex for key in mallory},
         federated={"round_timeout": 15.0}, network={"max_message_size": MAX_BLOB},
         security={"max_samples_per_update": 10_000, "max_update_norm": 100.0},
     )
@@ -70,7 +76,10 @@ def test_attacks_are_refused_with_reasons_and_earn_nothing(tmp_path):
 
     honest = {Identity.load_or_create(net.trainer_dir(n)).public_key for n in net.trainer_names}
     db = sqlite3.connect(net.coordinator_dir / "coordinator.sqlite")
-    assert {row[0] for row in db.execute("SELECT node_key FROM ledger")} == honest  # attacker earned nothing
+    paid = {row[0] for row in db.execute("SELECT node_key FROM ledger WHERE kind='reward' AND amount > 0")}
+    assert paid <= honest and paid  # the attacker earned nothing
+    penalized = {row[0] for row in db.execute("SELECT node_key FROM ledger WHERE kind='penalty'")}
+    assert penalized == {key.public_key for key in mallory[1:6]}  # its signed misbehaviour is on the record
     assert {row[0] for row in db.execute("SELECT node_key FROM updates")} == honest
     per_round = db.execute("SELECT round, COUNT(*) FROM updates GROUP BY round").fetchall()
     assert per_round == [(r, 3) for r in range(1, 5)]  # the replay was not credited twice
@@ -83,11 +92,12 @@ ATTACKS = ["unknown_key", "bad_signature", "replay", "expired", "too_many_sample
 
 
 class Mallory:
-    def __init__(self, net: LocalNetwork, key: Identity, eve: Identity, workdir) -> None:
-        self.net, self.key, self.eve = net, key, eve
+    def __init__(self, net: LocalNetwork, keys: list[Identity], eve: Identity, workdir) -> None:
+        self.net, self.keys, self.eve = net, keys, eve
+        self.key = keys[0]
         self.config = net.config
         self.topics = Topics(self.config.job_id)
-        self.heartbeat = Heartbeat(key, self.topics, interval=0.5, name="mallory")
+        self.heartbeats = [Heartbeat(key, self.topics, interval=0.5, name=key.name) for key in keys]
         self.store = BlobStore(workdir / "blobs")
         self.captured: dict[int, bytes] = {}  # round -> an honest trainer's sealed update
 
@@ -95,7 +105,7 @@ class Mallory:
         self.server = await BlobServer.start(self.store, max_blob_bytes=10 * MAX_BLOB)
         deadline = time.monotonic() + 90
         try:
-            async with BusClient(self.config.network.mqtt_url, "mallory", will=self.heartbeat.will) as bus:
+            async with BusClient(self.config.network.mqtt_url, "mallory") as bus:
                 self.bus = bus
                 await bus.subscribe(self.topics.announce)
                 await bus.subscribe(self.topics.updates)
@@ -107,11 +117,14 @@ class Mallory:
                         self.captured.setdefault(record.round, payload)
                         continue
                     ann, _ = RoundAnnouncement.open(envelope, signer=self.config.coordinator_public_key)
-                    if ann.round == 2 and self.heartbeat._task is None:
-                        self.heartbeat.start(bus)  # become live so round 3 or 4 selects us
-                    if ann.round >= 3 and self.key.public_key in ann.selected and 1 in self.captured:
+                    if ann.round == 2 and self.heartbeats[0]._task is None:
+                        for heartbeat in self.heartbeats:  # become live so round 3 or 4 selects us
+                            heartbeat.start(bus)
+                    if (ann.round >= 3 and all(k.public_key in ann.selected for k in self.keys)
+                            and 1 in self.captured):
                         await self.attack(ann)
-                        await self.heartbeat.stop()
+                        for heartbeat in self.heartbeats:
+                            await heartbeat.stop()
                         return ann.round
         finally:
             await self.server.close()
@@ -129,30 +142,31 @@ class Mallory:
         await self.send(ann, "bad_signature", forged.to_bytes())
         await self.send(ann, "replay", self.captured[1], round_of_reason=1)
         old = time.time() - 3600
-        await self.send(ann, "expired", self.seal(self.record(ann, good_blob, issued=old, expires=old + 600)))
-        await self.send(ann, "too_many_samples", self.seal(self.record(ann, good_blob, num_samples=10**9)))
-        other_shard = (ann.shard_of(self.key.public_key) + 1) % ann.num_shards
-        await self.send(ann, "wrong_shard", self.seal(self.record(ann, good_blob, shard=other_shard)))
+        await self.send(ann, "expired", self.seal(self.record(ann, good_blob, issued=old, expires=old + 600), 0))
+        await self.send(ann, "too_many_samples", self.seal(self.record(ann, good_blob, num_samples=10**9), 1))
+        other_shard = (ann.shard_of(self.keys[2].public_key) + 1) % ann.num_shards
+        await self.send(ann, "wrong_shard", self.seal(self.record(ann, good_blob, shard=other_shard), 2))
 
         # Refused after fetching and decoding the blob.
         nan = {**zeros, "head.bias": torch.full(shapes["head.bias"], float("nan"))}
-        await self.send(ann, "not_finite", self.seal(self.record(ann, tensors.encode_state(nan))))
+        await self.send(ann, "not_finite", self.seal(self.record(ann, tensors.encode_state(nan)), 3))
         wrong = {**zeros, "head.bias": torch.zeros(3)}
-        await self.send(ann, "wrong_shape", self.seal(self.record(ann, tensors.encode_state(wrong))))
+        await self.send(ann, "wrong_shape", self.seal(self.record(ann, tensors.encode_state(wrong)), 4))
         huge = {**zeros, "head.weight": torch.full(shapes["head.weight"], 1e4)}
-        await self.send(ann, "norm_too_large", self.seal(self.record(ann, tensors.encode_state(huge))))
+        await self.send(ann, "norm_too_large", self.seal(self.record(ann, tensors.encode_state(huge)), 5))
         big = tensors.encode_state({**zeros, "pad": torch.zeros(2 * MAX_BLOB // 4)})
-        await self.send(ann, "oversize", self.seal(self.record(ann, big, blob_size=1000)))
+        await self.send(ann, "oversize", self.seal(self.record(ann, big, blob_size=1000), 6))
         tampered = tensors.encode_state({**zeros, "head.bias": torch.ones(shapes["head.bias"])})
         record = self.record(ann, tampered)
         path = self.store.path(record.blob_digest)
         path.chmod(0o644)
         bad = tampered[:-1] + bytes([tampered[-1] ^ 0xFF])
         path.write_bytes(bad)
-        await self.send(ann, "tampered_blob", parcel.pack(self.seal(record), bad))
+        await self.send(ann, "tampered_blob", parcel.pack(self.seal(record, 7), bad))
 
-    def seal(self, record: UpdateRecord) -> bytes:
-        return record.seal(self.key).to_bytes()
+    def seal(self, record: UpdateRecord, key: int = 0) -> bytes:
+        """Signed by mallory's ``key``-th identity (each attack with an admitted signer has its own)."""
+        return record.seal(self.keys[key]).to_bytes()
 
     def record(self, ann: RoundAnnouncement, blob: bytes, name: str = "mallory", **changes) -> UpdateRecord:
         host, port = self.server.address

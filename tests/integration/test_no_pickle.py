@@ -156,7 +156,7 @@ def test_tripwires_catch_real_pickle_use(tripwires: list[str], tmp_path: Path) -
 def _record(cls: type, **fields: Any) -> Any:
     """Build a record, filling the fields every record of that type needs but this test doesn't vary."""
     defaults = {"expires": fields.get("issued", time.time()) + 300, "term": 1,
-                "checkpoint_digest": "aa" * 32, "providers": ["127.0.0.1:9"], "shard": None,
+                "checkpoint_digest": "aa" * 32, "providers": ["127.0.0.1:9"], "shard": None, "server_state_digest": None,
                 "shards": [0] * len(fields.get("selected", [])), "num_shards": 1, "config_digest": "0f" * 32}
     for name, value in defaults.items():
         if name in cls.model_fields and name not in fields:

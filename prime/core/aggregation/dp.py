@@ -17,11 +17,12 @@ the same noise is added, but it is calibrated for the mean, not proven for them.
   n > 10z; 0 when z = 0, as Flower); the round's noise uses the C it clipped with
   (Flower uses the updated one).
 
-Noise comes from a generator seeded by SHA-256(seed, round), both in the server state
-(``seed``, ``round``, and ``clip_norm`` for adaptive), so results are reproducible and
-restart-safe. Without a configured seed a random one is drawn once and kept in the
-state: anyone who knows the seed can subtract the noise, so it must stay with the
-coordinator (never in a job file the trainers see).
+Noise comes from a generator seeded by SHA-256(seed, round); the round (and ``clip_norm``
+for adaptive) is server state, the seed is not: anyone who knows the seed can subtract the
+noise, and server state is mirrored to the standby through the blob service. The
+coordinator derives the seed from its own key (``prime/coordinator/driver.py``), so the
+primary and its standby draw the same noise and nobody else can; without any seed a random
+one is drawn per process (not restart-safe).
 
 Memory: what the wrapped strategy holds; streaming ones stay streaming (a clipped
 update is one scaled float32 copy, folded in and dropped; an in-memory aggregator
@@ -85,7 +86,7 @@ class DPClipping(Aggregator):
         return need
 
     def initial_state(self) -> State:
-        state = {"seed": _util.scalar(self.seed, torch.int64), "round": _util.scalar(0, torch.int64)}
+        state = {"round": _util.scalar(0, torch.int64)}
         if self.clipping == "adaptive":
             state["clip_norm"] = _util.scalar(self.clip_norm, torch.float64)
         state.update(_util.with_prefix("inner.", self.inner.initial_state()))
@@ -128,8 +129,8 @@ class DPClipping(Aggregator):
                              f"{10 * z:g} updates per round (clipped_count_stddev n/20); got {n}")
         aggregate, inner_state = self.inner.finish(_util.under_prefix("inner.", state))
         round_number = int(state["round"])
-        gen = noise_generator(int(state["seed"]), round_number)
-        new_state = {"seed": state["seed"], "round": _util.scalar(round_number + 1, torch.int64)}
+        gen = noise_generator(self.seed, round_number)
+        new_state = {"round": _util.scalar(round_number + 1, torch.int64)}
         if adaptive:
             count_noise = float(torch.randn((), generator=gen, dtype=torch.float64)) * sigma_b
             fraction = (unclipped + count_noise) / n

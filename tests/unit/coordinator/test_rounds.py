@@ -42,7 +42,7 @@ def test_conflicting_update_while_in_flight_or_accepted():
     with pytest.raises(UpdateRejected) as info:
         c.claim(A, rec("22"))
     assert info.value.reason == "duplicate"
-    c.accept(A, rec("11"))
+    c.accept(A, rec("11"), 0.1)
     assert c.claim(A, rec("11")) is False
     with pytest.raises(UpdateRejected, match="duplicate"):
         c.claim(A, rec("22"))
@@ -63,13 +63,13 @@ def test_everyone_reported_only_when_all_selected_accepted():
     c = collector()
     assert not c.everyone_reported.is_set()
     c.claim(A, rec("11"))
-    c.accept(A, rec("11"))
+    c.accept(A, rec("11"), 0.1)
     assert not c.everyone_reported.is_set()
     assert c.missing() == [B]
     c.claim(B, rec("22"))
     assert not c.everyone_reported.is_set()
     assert c.missing() == []
-    c.accept(B, rec("22"))
+    c.accept(B, rec("22"), 0.1)
     assert c.everyone_reported.is_set()
     assert c.in_flight == {}
 
@@ -82,18 +82,30 @@ async def test_everyone_reported_wakes_a_waiter():
     await asyncio.sleep(0)
     assert not waiter.done()
     c.claim(A, rec())
-    c.accept(A, rec())
+    c.accept(A, rec(), 0.1)
     await asyncio.wait_for(waiter, 1.0)
 
 
-def test_accepted_updates_sorted_with_scores():
+def test_accepted_updates_sorted_with_scores_and_shares():
     c = collector(selected=(B, A))
     c.claim(B, rec("22", "bob", 3))
-    c.accept(B, rec("22", "bob", 3))
+    c.accept(B, rec("22", "bob", 3), -0.5)
     c.claim(A, rec("11", "alice", 9))
-    c.accept(A, rec("11", "alice", 9))
+    c.accept(A, rec("11", "alice", 9), 0.2)
     ups = c.accepted_updates({A: 0.75, B: 0.25})
     assert [u.node_key for u in ups] == [A, B]
-    assert [(u.node_name, u.digest, u.num_samples, u.score) for u in ups] == [
-        ("alice", "11" * 32, 9, 0.75), ("bob", "22" * 32, 3, 0.25)]
-    assert c.accepted_updates({})[0].score == 0.0
+    assert [(u.node_name, u.digest, u.num_samples, u.score, u.share) for u in ups] == [
+        ("alice", "11" * 32, 9, 0.2, 0.75), ("bob", "22" * 32, 3, -0.5, 0.25)]
+    assert c.accepted_updates({})[0].share == 0.0
+
+
+def test_a_refused_trainer_is_no_longer_waited_for_and_its_conduct_is_noted():
+    c = collector()
+    c.claim(A, rec("11"))
+    c.accept(A, rec("11"), 0.1)
+    assert not c.everyone_reported.is_set()
+    c.refuse(B, "norm_too_large")
+    assert c.everyone_reported.is_set() and c.expected() == [] and c.refused == {B}
+    assert c.conduct[B].refusals == {"norm_too_large"}
+    c.refuse(C, "wrong_round")  # not selected; timing reasons cost nothing
+    assert C not in c.refused and c.conduct[C].refusals == set()

@@ -59,3 +59,10 @@ def test_everyone_gets_picked_eventually():
     for r in range(1, 40):
         seen.update(select(rate=0.25, rnd=r))
     assert seen == set(LIVE)
+
+
+def test_never_more_than_an_in_memory_strategy_holds():
+    live = [bytes([i]) * 32 for i in range(10)]
+    chosen = select_trainers(live, participation_rate=1.0, min_clients=2, job_id="j", round_number=1, attempt=1,
+                             max_count=4)
+    assert len(chosen) == 4 and set(chosen) <= set(live)

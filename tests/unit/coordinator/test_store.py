@@ -113,8 +113,8 @@ def test_second_ledger_credit_same_round_node_impossible(store, coord, make_comm
     store.commit_round(make_commit(1), coord)
     e = store.ledger()[-1]
     with pytest.raises(sqlite3.IntegrityError):
-        store.db.execute("INSERT INTO ledger VALUES(?, ?, ?, ?, ?, ?, ?)",
-                         (e.seq + 1, e.round, e.node_key, 5, e.hash, b"h" * 32, b"s" * 64))
+        store.db.execute("INSERT INTO ledger(seq, round, node_key, amount, prev_hash, hash, signature)"
+                         " VALUES(?, ?, ?, ?, ?, ?, ?)", (e.seq + 1, e.round, e.node_key, 5, e.hash, b"h" * 32, b"s" * 64))
     assert len(store.ledger()) == 2
 
 
@@ -164,3 +164,67 @@ def test_committed_state_is_durable(tmp_path, coord, make_commit):
     assert s2.last_committed_round() == 3 and tuple(s2.latest_version())[0] == 3
     assert s2.ledger() == ledger
     s2.close()
+
+
+def test_penalties_slashes_reputation_and_server_state_commit_with_the_round(store, coord, trainers, make_commit):
+    from prime.coordinator.ledger import verify_chain
+    from prime.coordinator.reputation import Standing
+    from prime.coordinator.store import LedgerCharge
+
+    bad = trainers[3].public_key
+    commit = make_commit(1, charges=[LedgerCharge(bad, "penalty", 0, "harmful"), LedgerCharge(bad, "slash", -7, "harmful")],
+                         standings={bad: Standing(0.3, 1, 3)}, server_state_digest="5e" * 32)
+    store.commit_round(commit, coord)
+    kinds = [(e.kind, e.amount, e.reason) for e in store.ledger() if e.node_key == bad]
+    assert kinds == [("penalty", 0, "harmful"), ("slash", -7, "harmful")]
+    verify_chain(store.ledger(), coord.public_key)  # kinds and reasons are signed into the chain
+    assert store.slashed() == {bad: 7}
+    assert store.standings()[bad] == Standing(0.3, 1, 3) and store.standings()[bad].excluded(3)
+    assert store.latest_server_state() == "5e" * 32
+    assert store.median_claim(1) == 20.0  # claims 10 and 30
+
+
+def test_a_failed_commit_writes_no_reputation_charges_or_state(store, coord, trainers, make_commit):
+    from prime.coordinator.reputation import Standing
+    from prime.coordinator.store import LedgerCharge
+
+    bad = trainers[3].public_key
+    store.commit_round(make_commit(1), coord)
+    before = store.ledger()
+    with pytest.raises(ValueError, match="kind"):  # fails last, after the state and reputation rows were written
+        store.commit_round(make_commit(2, charges=[LedgerCharge(bad, "bogus", -7, "harmful")],
+                                       standings={bad: Standing(0.0, 1, 9)}, server_state_digest="5e" * 32), coord)
+    assert store.last_committed_round() == 1 and store.ledger() == before
+    assert store.standings() == {} and store.latest_server_state() is None
+
+
+def test_identical_refusals_are_stored_once_with_a_count(store, trainers):
+    key = trainers[0].public_key
+    for _ in range(3):
+        store.record_rejection(4, key, "t0", "norm_too_large", "L2 norm 1e4")
+    store.record_rejection(4, key, "t0", "harmful", "worse")
+    rows = store.db.execute("SELECT reason, count FROM rejections WHERE round=4 ORDER BY id").fetchall()
+    assert rows == [("norm_too_large", 3), ("harmful", 1)]
+
+
+def test_a_ledger_of_the_first_schema_gets_kinds_and_stays_valid(tmp_path, coord, make_commit):
+    from prime.coordinator.ledger import verify_chain
+
+    path = tmp_path / "old.sqlite"
+    old = CoordinatorStore(path)
+    old.bind_job("job-1", coord.public_key)
+    old.record_genesis("00" * 32, 1000)
+    old.commit_round(make_commit(1), coord)
+    entries = old.ledger()
+    old.db.executescript(  # back to the first schema's ledger, as an older prime wrote it
+        "CREATE TABLE l1(seq INTEGER PRIMARY KEY, round INTEGER NOT NULL, node_key BLOB NOT NULL, amount INTEGER NOT NULL,"
+        " prev_hash BLOB NOT NULL, hash BLOB NOT NULL, signature BLOB NOT NULL, UNIQUE(round, node_key));"
+        "INSERT INTO l1 SELECT seq, round, node_key, amount, prev_hash, hash, signature FROM ledger;"
+        "DROP TABLE ledger; ALTER TABLE l1 RENAME TO ledger;")
+    old.close()
+    reopened = CoordinatorStore(path)
+    assert reopened.ledger() == entries
+    verify_chain(reopened.ledger(), coord.public_key)
+    reopened.commit_round(make_commit(2), coord)  # and the new schema works on it
+    verify_chain(reopened.ledger(), coord.public_key)
+    reopened.close()

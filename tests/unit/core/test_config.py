@@ -103,7 +103,7 @@ def test_defaults():
     assert cfg.training.optimizer.name is OptimizerName.SGD
     assert cfg.training.optimizer.momentum == 0.9
     assert cfg.training.scheduler.name is SchedulerName.CONSTANT
-    assert cfg.federated.aggregation.name == "fedavg"
+    assert cfg.federated.aggregation.name == "fedtrimmedavg" and cfg.federated.aggregation.beta == 0.2
     assert cfg.federated.min_clients == 2
     assert cfg.network.max_message_size == 256 * 1024 * 1024
     assert cfg.network.enable_compression is False
