@@ -58,7 +58,7 @@ from prime.core.datasets import Split  # noqa: E402
 from prime.core.errors import PrimeError  # noqa: E402
 from prime.core.net import parse_hostport  # noqa: E402
 from prime.core.records import RoundAnnouncement, UpdateRecord  # noqa: E402
-from prime.dht.blobfetch import fetch_verified  # noqa: E402
+from prime.blobs.fetch import fetch_verified  # noqa: E402
 from prime.trainer import cli as trainer_cli  # noqa: E402
 from prime.trainer.distributed import close_process_group  # noqa: E402
 from prime.trainer.engine import LocalWork, TrainMetrics  # noqa: E402

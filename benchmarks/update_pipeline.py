@@ -44,9 +44,9 @@ import torch
 from prime.core import tensors
 from prime.core.envelope import Domain, open_envelope, seal
 from prime.core.identity import Identity
-from prime.dht.blobfetch import fetch_verified
-from prime.dht.blobservice import BlobServer
-from prime.dht.blobstore import BlobStore
+from prime.blobs.fetch import fetch_verified
+from prime.blobs.service import BlobServer
+from prime.blobs.store import BlobStore
 
 MB = 1e6
 

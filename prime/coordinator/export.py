@@ -15,7 +15,7 @@ from prime import __version__
 from prime.coordinator.status import DB_NAME
 from prime.core import tensors
 from prime.core.errors import CoordinatorError
-from prime.dht.blobstore import BlobStore
+from prime.blobs.store import BlobStore
 from prime.tasks.exported import MAX_WEIGHTS_BYTES, write_model
 
 

@@ -35,7 +35,7 @@ from prime.core.net import parse_hostport
 from prime.core.offload import run_sized, state_bytes
 from prime.core.records import UpdateRecord, dht_update_name
 from prime.core.refusals import Refusal
-from prime.dht.blobfetch import fetch_verified
+from prime.blobs.fetch import fetch_verified
 from prime.dht.peer import Peer
 
 log = logging.getLogger(__name__)

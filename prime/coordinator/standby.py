@@ -22,7 +22,7 @@ from prime.core.errors import PrimeError
 from prime.core.net import parse_hostport
 from prime.core.records import RoundCommitted, StandbyStatus, dht_checkpoint_name
 from prime.core.retry import with_retries
-from prime.dht.blobfetch import fetch_from_any
+from prime.blobs.fetch import fetch_from_any
 
 log = logging.getLogger(__name__)
 

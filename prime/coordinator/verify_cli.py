@@ -108,7 +108,7 @@ def audit(config: JobConfig, checker: SpotChecker, data_dir: Path, committed: Co
     """Recompute each sampled committed update; ``None`` for one the sample skipped."""
     from prime.coordinator.spotcheck import Verdict
     from prime.core import tensors
-    from prime.dht.blobstore import BlobStore
+    from prime.blobs.store import BlobStore
 
     if not (data_dir / BLOBS_DIR).is_dir():
         raise CoordinatorError(f"no blob store at {data_dir / BLOBS_DIR}; is --data-dir right?")

@@ -14,8 +14,8 @@ from prime.core.errors import DHTError, PrimeError
 from prime.core.identity import Identity
 from prime.core.net import free_port
 from prime.core.retry import with_retries
-from prime.dht.blobservice import BlobServer
-from prime.dht.blobstore import BlobStore
+from prime.blobs.service import BlobServer
+from prime.blobs.store import BlobStore
 from prime.dht.node import DHTNode
 
 

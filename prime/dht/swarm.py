@@ -15,7 +15,7 @@ on. With an origin that serves few clients at a time, the blob fans out as a tre
 Every copy is verified against the digest while received (:func:`fetch_blob`), so a
 lying peer costs a retry, never a bad blob.
 
-Self-contained: only :mod:`blobservice`, :mod:`blobstore` and :class:`DHTNode`'s
+Self-contained: only :mod:`prime.blobs.service`, :mod:`prime.blobs.store` and :class:`DHTNode`'s
 public ``put``/``get``.
 """
 
@@ -32,10 +32,10 @@ from typing import NamedTuple
 from prime.core.errors import BlobError, DHTError
 from prime.core.identity import Identity
 from prime.core.net import parse_hostport
-from prime.dht.blobfetch import fetch_blob
-from prime.dht.blobservice import BlobServer
-from prime.dht.blobwire import DEFAULT_MAX_BLOB_BYTES, DEFAULT_TIMEOUT_S
-from prime.dht.blobstore import BlobStore, check_digest
+from prime.blobs.fetch import fetch_blob
+from prime.blobs.service import BlobServer
+from prime.blobs.wire import DEFAULT_MAX_BLOB_BYTES, DEFAULT_TIMEOUT_S
+from prime.blobs.store import BlobStore, check_digest
 from prime.dht.node import DHTNode
 
 log = logging.getLogger(__name__)

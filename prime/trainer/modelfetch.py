@@ -24,7 +24,7 @@ from prime.core.identity import Identity
 from prime.core.net import parse_hostport
 from prime.core.records import RoundAnnouncement
 from prime.core.retry import with_retries
-from prime.dht.blobfetch import fetch_verified
+from prime.blobs.fetch import fetch_verified
 from prime.dht.peer import Peer
 from prime.dht.swarm import DEFAULT_SEED_CLIENTS, announce_provider, fetch_with_peers, provider_lookup
 

@@ -44,7 +44,7 @@ from prime.core.records import (
 )
 from prime.core.offload import run_sized, state_bytes
 from prime.core.net import parse_hostport
-from prime.dht.blobfetch import fetch_verified
+from prime.blobs.fetch import fetch_verified
 from prime.dht.peer import Peer
 from prime.tasks import task_of
 from prime.telemetry import METRICS_FILE, MetricsFile

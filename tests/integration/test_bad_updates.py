@@ -40,8 +40,8 @@ from prime.core.envelope import Envelope
 from prime.core.identity import Identity
 from prime.core.records import RoundAnnouncement, UpdateRecord
 from prime.demo import LocalNetwork
-from prime.dht.blobservice import BlobServer
-from prime.dht.blobstore import BlobStore
+from prime.blobs.service import BlobServer
+from prime.blobs.store import BlobStore
 from prime.tasks import task_of
 from tests import factories
 from tests.integration.netutil import wait_for

@@ -13,10 +13,10 @@ import pytest
 
 from prime.core import encoding
 from prime.core.errors import BlobError
-from prime.dht.blobfetch import fetch_blob, fetch_from_any, fetch_verified
-from prime.dht.blobservice import BlobServer
-from prime.dht.blobwire import encode_frame, encode_request
-from prime.dht.blobstore import BlobStore
+from prime.blobs.fetch import fetch_blob, fetch_from_any, fetch_verified
+from prime.blobs.service import BlobServer
+from prime.blobs.wire import encode_frame, encode_request
+from prime.blobs.store import BlobStore
 
 BLOB = os.urandom(5 * 1024 * 1024 + 123)
 DIGEST = hashlib.sha256(BLOB).hexdigest()

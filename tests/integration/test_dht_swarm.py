@@ -14,9 +14,9 @@ import pytest
 
 from prime.core.errors import BlobError
 from prime.core.identity import Identity
-from prime.dht.blobfetch import fetch_blob
-from prime.dht.blobservice import BlobServer
-from prime.dht.blobstore import BlobStore
+from prime.blobs.fetch import fetch_blob
+from prime.blobs.service import BlobServer
+from prime.blobs.store import BlobStore
 from prime.dht.node import DHTNode
 from prime.dht.swarm import (
     announce_provider,

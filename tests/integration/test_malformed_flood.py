@@ -47,7 +47,7 @@ from prime.core.envelope import Domain, Envelope, seal
 from prime.core.identity import Identity, network_id
 from prime.core.records import RoundAnnouncement, RoundCommitted, dht_announce_name, dht_update_name
 from prime.demo import LocalNetwork
-from prime.dht.blobwire import MAX_FRAME_BYTES
+from prime.blobs.wire import MAX_FRAME_BYTES
 from prime.dht.records import dht_digest, dht_key
 from prime.telemetry import read_metrics
 from tests.integration.netutil import wait_for

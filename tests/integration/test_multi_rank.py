@@ -23,7 +23,7 @@ from prime.core import tensors
 from prime.core.config import dump_toml, parse_config
 from prime.core.identity import Identity
 from prime.demo import LocalNetwork
-from prime.dht.blobstore import BlobStore
+from prime.blobs.store import BlobStore
 from prime.tasks import task_of
 from prime.trainer.engine import LocalEngine, LocalWork
 from tests.integration.netutil import wait_for

@@ -19,7 +19,7 @@ from prime.tasks import task_of
 from prime.core.records import UpdateRecord, dht_update_name
 from prime.core.rewards import to_micro
 from prime.demo import LocalNetwork
-from prime.dht.blobstore import BlobStore
+from prime.blobs.store import BlobStore
 from prime.dht.node import DHTNode
 from prime.telemetry import read_metrics
 from tests.integration.netutil import metrics_when, wait_for

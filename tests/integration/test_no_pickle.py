@@ -49,10 +49,10 @@ from prime.core.identity import Identity
 from prime.tasks import resolve_task
 from prime.core.net import free_port
 from prime.core.records import RoundAnnouncement, RoundCommitted, UpdateRecord, dht_update_name
-from prime.dht.blobfetch import fetch_blob
-from prime.dht.blobservice import BlobServer
-from prime.dht.blobwire import encode_frame
-from prime.dht.blobstore import BlobStore
+from prime.blobs.fetch import fetch_blob
+from prime.blobs.service import BlobServer
+from prime.blobs.wire import encode_frame
+from prime.blobs.store import BlobStore
 from prime.dht.node import DHTNode
 from prime.trainer.checkpoint import CheckpointStore
 

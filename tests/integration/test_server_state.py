@@ -17,7 +17,7 @@ import torch
 
 from prime.core import tensors
 from prime.demo import LocalNetwork
-from prime.dht.blobstore import BlobStore
+from prime.blobs.store import BlobStore
 from tests.integration.netutil import wait_for
 
 pytestmark = pytest.mark.slow

@@ -24,7 +24,7 @@ from prime import cli
 from prime.core import tensors
 from prime.core.identity import Identity
 from prime.demo import LocalNetwork
-from prime.dht.blobstore import BlobStore
+from prime.blobs.store import BlobStore
 from tests.integration.netutil import wait_for
 
 pytestmark = pytest.mark.slow

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from prime.core import encoding
 from prime.core.errors import DecodeError
-from prime.dht.blobwire import decode_request, decode_response_header, encode_request, frame_length
+from prime.blobs.wire import decode_request, decode_response_header, encode_request, frame_length
 
 DIGEST = hashlib.sha256(b"x").hexdigest()
 REQUEST_BODY = encode_request(DIGEST)[4:]

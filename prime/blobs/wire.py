@@ -19,7 +19,7 @@ from typing import Any
 
 from prime.core import encoding
 from prime.core.errors import DecodeError
-from prime.dht.blobstore import check_digest, is_digest
+from prime.blobs.store import check_digest, is_digest
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""TCP blob service, server side: serve a blob store by digest (the client is ``blobfetch``).
+"""TCP blob service, server side: serve a blob store by digest (the client is :mod:`prime.blobs.fetch`).
 
 Wire protocol (one request per connection), frames are ``4-byte big-endian length |
 canonical msgpack``, each at most :data:`MAX_FRAME_BYTES`:
@@ -32,8 +32,8 @@ from types import TracebackType
 from typing import Any, BinaryIO
 
 from prime.core.errors import BlobError, DecodeError
-from prime.dht.blobstore import BlobStore, check_digest
-from prime.dht.blobwire import (
+from prime.blobs.store import BlobStore, check_digest
+from prime.blobs.wire import (
     DEFAULT_MAX_BLOB_BYTES,
     DEFAULT_MAX_CLIENTS,
     DEFAULT_TIMEOUT_S,

@@ -4,8 +4,8 @@ The client refuses a size over its cap before reading a byte; then the kernel co
 the body straight into memory, a worker thread hashes each complete segment while the
 next arrives, and only bytes whose SHA-256 matches are handed on: to the caller
 (:func:`fetch_verified`, writable, so tensors decode from them without a copy) or into
-the store (:func:`fetch_blob`). Wire format: ``prime.dht.blobwire``; server:
-``prime.dht.blobservice``.
+the store (:func:`fetch_blob`). Wire format: ``prime.blobs.wire``; server:
+``prime.blobs.service``.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from typing import TypeVar
 
 from prime.core.errors import BlobError, DecodeError
 from prime.core.offload import run_sized
-from prime.dht.blobstore import BlobStore, check_digest
-from prime.dht.blobwire import (
+from prime.blobs.store import BlobStore, check_digest
+from prime.blobs.wire import (
     DEFAULT_MAX_BLOB_BYTES,
     DEFAULT_TIMEOUT_S,
     HASH_SEGMENT_BYTES,

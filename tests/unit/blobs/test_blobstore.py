@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from prime.core.errors import BlobError
-from prime.dht.blobstore import BlobStore
+from prime.blobs.store import BlobStore
 
 
 def sha(data: bytes) -> str:
