@@ -49,6 +49,23 @@ from prime.blobs.wire import (
 
 log = logging.getLogger(__name__)
 
+#: Test hook: ``PRIME_SIMULATED_UPLINK_MBIT=N`` caps all blob uploads of a process that makes its
+#: peer with :class:`prime.dht.peer.Peer` at N Mbit/s (``benchmarks/overlap.py`` simulates links).
+SIMULATED_UPLINK_ENV = "PRIME_SIMULATED_UPLINK_MBIT"
+
+
+def simulated_uplink() -> float | None:
+    """The upload cap in bytes per second that ``PRIME_SIMULATED_UPLINK_MBIT`` asks for (None: no cap)."""
+    value = os.environ.get(SIMULATED_UPLINK_ENV, "").strip()
+    if not value:
+        return None
+    try:
+        mbit = float(value)
+    except ValueError:
+        raise BlobError(f"{SIMULATED_UPLINK_ENV}={value!r} is not a number of Mbit/s") from None
+    return mbit * 1e6 / 8 if mbit > 0 else None
+
+
 @dataclass
 class BlobServerMetrics:
     served: int = 0

@@ -13,7 +13,8 @@ contributions: an update that did not help, or that the strategy dropped, earns 
 A round short of ``min_clients`` is re-announced with a fresh selection that leaves out
 the trainers it refused. After a crash (or a takeover) the driver resumes at the round
 after the last committed one, with the server state committed with it, reusing updates
-that were verified before it.
+that were verified before it. With a lossy ``compression.model`` codec the announcement names
+the model's encoded blob (derived from the committed fp32 model, which stays the master).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import hashlib
 import logging
 import math
 import time
+from dataclasses import dataclass
 
 from prime.coordinator.evaluation import evaluate
 from prime.coordinator.intake import UpdateIntake
@@ -34,6 +36,7 @@ from prime.coordinator.selection import select_trainers
 from prime.coordinator.services import CoordinatorServices
 from prime.coordinator.spotcheck import SpotChecker
 from prime.coordinator.store import LedgerCharge, RoundCommit
+from prime import codecs
 from prime.core import parcel, rewards, tensors
 from prime.core.agreement import canonical, job_terms, terms_digest
 from prime.core.aggregation import build_strategy
@@ -50,6 +53,17 @@ from prime.dht.swarm import DEFAULT_SEED_CLIENTS
 from prime.tasks.spec import Task
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Broadcast:
+    """The round's model as trainers get it: blob digest, size, inline copy (if small), and what it
+    decodes to when that differs from the global state and a spot checker needs it (else None)."""
+
+    digest: str
+    size: int
+    inline: bytes | None
+    received: dict | None
 
 
 class RoundDriver:
@@ -69,6 +83,8 @@ class RoundDriver:
         self._shard_sizes: dict[int, int] = {}
         # (digest, state, blob if small enough to ride inline) of the model committed last
         self._last_model: tuple[str, dict, bytes | None] | None = None
+        self.model_codec = codecs.from_config(self.config.compression.model)
+        self._sent: tuple[str, Broadcast] | None = None  # the committed model's digest, and its broadcast
 
     def _with_secret_noise_seed(self):
         """The job's strategy config; a DP noise seed, unless configured, derived from the job key.
@@ -126,8 +142,8 @@ class RoundDriver:
             self.strategy.load_state_dict(state)
 
         await asyncio.to_thread(load)
-        log.info("restored the %s server state committed with round %d", self.config.federated.aggregation.name,
-                 self.s.store.last_committed_round())
+        label = getattr(self.strategy, "label", self.strategy.name)
+        log.info("restored the %s server state committed with round %d", label, self.s.store.last_committed_round())
 
     def _claim_caps(self, round_number: int, selected: list[bytes], shards: list[int]) -> dict[bytes, int]:
         """The most each selected trainer's claimed sample count may weigh: the samples its local work
@@ -167,6 +183,7 @@ class RoundDriver:
         fed = self.config.federated
         version, digest, size = self.s.store.latest_version()
         global_state, inline = await self._model(digest, size)
+        sent = await self._broadcast(digest, size, inline, global_state)
         standings = self.s.store.standings()
         excluded = {key for key, standing in standings.items() if standing.excluded(round_number)}
         conduct: dict[bytes, RoundConduct] = {}  # what each key did in this round, over its announcements
@@ -179,8 +196,8 @@ class RoundDriver:
             selected = await self._await_selection(round_number, attempt, needed, reserved=list(recovered),
                                                    excluded=refused)
             started = started or time.monotonic()  # round time counts from the first announcement
-            collector = await self._announce(round_number, version, digest, size, inline, selected, global_state,
-                                             conduct)
+            collector = await self._announce(round_number, version, sent.digest, sent.size, sent.inline, selected,
+                                             global_state, conduct, received=sent.received)
             for envelope in recovered.values():
                 self.s.spawn(self.intake.receive(envelope, via="recovered"))
             sweeper = self.s.spawn(self.intake.sweep_dht(collector))
@@ -257,9 +274,31 @@ class RoundDriver:
                 announced_wait = True
             await asyncio.sleep(0.1)
 
+    async def _broadcast(self, digest: str, size: int, inline: bytes | None, global_state: dict) -> "Broadcast":
+        """The model as the round sends it: in fp32 the committed blob itself; else its encoding in
+        ``compression.model``, stored so that trainers (and peers) fetch it by digest, and (for spot
+        checks, which start where trainers start) what it decodes to. The committed model stays the
+        coordinator's fp32 master: trainers' deltas are applied to it, so rounding never accumulates."""
+        if self.model_codec.plain:
+            return Broadcast(digest, size, inline, None)
+        if self._sent is not None and self._sent[0] == digest:
+            return self._sent[1]
+        net, nbytes = self.config.network, state_bytes(global_state)
+        parts = await run_sized(nbytes, codecs.encode, self.model_codec, global_state, compress=net.enable_compression)
+        sent_digest = await asyncio.to_thread(self.s.peer.blobs.put_parts, parts)
+        sent_size = tensors.parts_size(parts)
+        received = None
+        if self.intake.spot_checker is not None:
+            received = await run_sized(nbytes, codecs.roundtrip, self.model_codec, global_state)
+        sent = Broadcast(sent_digest, sent_size, b"".join(parts) if net.rides_inline(sent_size) else None, received)
+        self._sent = (digest, sent)
+        log.info("model %s… goes out %s as %s… (%d bytes)", digest[:12], self.model_codec.describe(), sent_digest[:12],
+                 sent_size)
+        return sent
+
     async def _announce(self, round_number: int, version: int, digest: str, size: int, inline: bytes | None,
-                        selected: list[bytes], global_state: dict, conduct: dict[bytes, RoundConduct]
-                        ) -> RoundCollector:
+                        selected: list[bytes], global_state: dict, conduct: dict[bytes, RoundConduct],
+                        *, received: dict | None = None) -> RoundCollector:
         now = time.time()
         fed, address = self.config.federated, self.s.peer.address_str
         shards = [self.config.shard_of(key) for key in selected]
@@ -267,14 +306,15 @@ class RoundDriver:
             job_id=self.config.job_id, term=self.leadership.term, round=round_number, model_version=version,
             model_digest=digest, model_size=size, providers=[address], selected=selected,
             shards=shards, num_shards=self.config.num_shards,
-            config_digest=self.terms_digest, deadline=now + fed.round_timeout, issued=now,
+            config_digest=self.terms_digest, model_codec=self.model_codec.name, deadline=now + fed.round_timeout,
+            issued=now,
             expires=now + fed.round_timeout, total_rounds=fed.rounds,
         )
         if self.config.network.peer_assists(size):  # a few copies leave here; trainers pass the model on
             self.s.peer.blob_server.limit_uploads(digest, DEFAULT_SEED_CLIENTS)
         collector = RoundCollector(announcement, self.strategy, conduct=conduct,
                                    claim_caps=self._claim_caps(round_number, selected, shards))
-        await self.intake.open_round(collector, global_state)
+        await self.intake.open_round(collector, global_state, received)
         sealed = announcement.seal(self.s.identity).to_bytes()
         await self.s.bus.publish(self.s.topics.announce, parcel.pack(sealed, inline), retain=True)
         # The bus carries it now; the DHT copy (for late joiners) must not hold up the round.

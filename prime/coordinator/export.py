@@ -7,12 +7,11 @@ safe while the daemon runs; writes safetensors plus the JSON card ``prime.load_m
 from __future__ import annotations
 
 import json
-import sqlite3
 from pathlib import Path
 from typing import Any
 
 from prime import __version__
-from prime.coordinator.status import DB_NAME
+from prime.coordinator.status import open_read_only
 from prime.core import tensors
 from prime.core.errors import CoordinatorError
 from prime.blobs.store import BlobStore
@@ -22,10 +21,7 @@ from prime.tasks.exported import MAX_WEIGHTS_BYTES, write_model
 def export_version(data_dir: str | Path, version: str, out: str | Path) -> dict[str, Any]:
     """Write model ``version`` (a number or ``latest``) to ``out``; return the card written beside it."""
     data_dir = Path(data_dir)
-    path = data_dir / DB_NAME
-    if not path.exists():
-        raise CoordinatorError(f"no coordinator database at {path}; is --data-dir right?")
-    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    path, db = open_read_only(data_dir)
     try:
         meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
         if version == "latest":

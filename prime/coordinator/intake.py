@@ -3,7 +3,8 @@
 Every update goes through the same gate, whichever path brought it: verify the
 envelope, refuse replays and duplicates, check the record against the open round
 (``verification.check_record``), take the blob (inline in the bus notice if it hashes
-to the signed digest, else fetched by digest) and check the tensors
+to the signed digest, else fetched by digest), decode it with the job's update codec
+(``prime/codecs``; another codec is ``wrong_codec``) and check the tensors
 (``verification.check_tensors``). Then judge what it is worth: refuse an update that
 changes nothing or copies another trainer's, score it on held-out data (``scoring.py``,
 refusing harmful ones), spot-check a sample of them (``spotcheck.py``), bound its
@@ -19,15 +20,18 @@ import contextlib
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from typing import Any
 
+import torch
+
+from prime import codecs
 from prime.coordinator.rounds import RoundCollector
 from prime.coordinator.scoring import ContributionScorer
 from prime.coordinator.similarity import CopyDetector, is_empty
 from prime.coordinator.store import CoordinatorStore
 from prime.coordinator.verification import check_record, check_tensors
-from prime.core import parcel, tensors
+from prime.core import parcel
 from prime.core.aggregation import Contribution
 from prime.core.config import JobConfig
 from prime.core.errors import BlobError, DecodeError, PrimeError, SignatureError, UpdateRejected
@@ -54,6 +58,9 @@ class UpdateIntake:
         self.spawn = spawn
         self.collector: RoundCollector | None = None  # the open round, if any
         self.global_state: dict | None = None  # the model the open round started from
+        self.received_state: dict | None = None  # what trainers decoded from its broadcast (spot checks start there)
+        self.update_codec = codecs.from_config(config.compression.update)
+        self._decoded_cap = 0  # bytes an update may decode to: the global model's
         self.lock = asyncio.Lock()  # serialises folding into the strategy with closing the round
         self.accepted = 0
         self.late_copies = 0
@@ -68,10 +75,13 @@ class UpdateIntake:
         self.copies = CopyDetector()
         self.spot_checker = None
 
-    async def open_round(self, collector: RoundCollector, global_state: dict) -> None:
-        """Start taking updates for ``collector``'s announcement (abandons any open one)."""
+    async def open_round(self, collector: RoundCollector, global_state: dict, received_state: dict | None = None
+                         ) -> None:
+        """Start taking updates for ``collector``'s announcement (abandons any open one). ``received_state``
+        is what trainers decode from the broadcast when the model codec is lossy (default: the global state)."""
         async with self.lock:
             self.collector = None
+        self._decoded_cap = state_bytes(global_state)
         if self.scorer is not None:
             share = 1.0 / max(1, len(collector.announcement.selected))
             await run_sized(state_bytes(global_state), self.scorer.begin_round, collector.round, global_state, share)
@@ -81,6 +91,7 @@ class UpdateIntake:
         await asyncio.to_thread(self.copies.remember_previous, list(self.read_back(previous)))
         collector.strategy.begin(global_state)
         self.collector, self.global_state = collector, global_state
+        self.received_state = global_state if received_state is None else received_state
 
     async def close_round(self) -> None:
         async with self.lock:
@@ -149,7 +160,7 @@ class UpdateIntake:
     async def _judge(self, record: UpdateRecord, signer: bytes, inline: bytes | None,
                      current: RoundCollector) -> tuple[Contribution, float, object, str]:
         """Checked tensors, then what they are worth: (contribution, measured score, sketch, blob source)."""
-        delta, source = await self._verify_blob(record, inline)
+        delta, source = await self._verify_blob(record, inline, streaming=current.strategy.streaming)
         size = record.blob_size
         if await run_sized(size, is_empty, delta):
             raise UpdateRejected(Refusal.EMPTY_UPDATE, "every value of the update is zero")
@@ -158,8 +169,8 @@ class UpdateIntake:
         score = await run_sized(size, self.scorer.gate, delta) if self.scorer is not None else 0.0
         ann = current.announcement
         if self.spot_checker is not None and self.spot_checker.sampled(record.round, signer):
-            verdict = await asyncio.to_thread(self.spot_checker.check, self.global_state, delta, ann.shard_of(signer),
-                                              ann.num_shards, record.round)
+            verdict = await asyncio.to_thread(self.spot_checker.check, self.received_state, delta,
+                                              ann.shard_of(signer), ann.num_shards, record.round)
             self.spot_checks[verdict.outcome] += 1
             if verdict.inconclusive:
                 log.warning("round %d: spot check of %s inconclusive (not held against it): %s", record.round,
@@ -185,8 +196,14 @@ class UpdateIntake:
         self.late_copies += 1  # a straggling copy (bus resend, DHT sweep) of the round just committed
         return True
 
-    async def _verify_blob(self, record: UpdateRecord, inline: bytes | None) -> tuple[dict, str]:
-        """The update's checked tensors, and whether its blob came inline or was fetched."""
+    async def _verify_blob(self, record: UpdateRecord, inline: bytes | None, *, streaming: bool = False
+                           ) -> tuple[Mapping[str, torch.Tensor], str]:
+        """The update's checked tensors, and whether its blob came inline or was fetched.
+
+        In a lossy codec, for a streaming strategy, the tensors stay encoded (an
+        ``EncodedUpdate`` decodes one each time it is read: every check, the score and the fold
+        read it tensor by tensor), so no full float32 copy of the update is ever held; an
+        in-memory strategy keeps every update of the round, decoded once here."""
         net = self.config.network
         source, data = "inline", inline  # data: inline bytes, or the fetched blob's verified bytes
         if inline is not None and not await parcel.is_signed_blob(inline, record.blob_digest, record.blob_size):
@@ -197,9 +214,14 @@ class UpdateIntake:
         if len(data) != record.blob_size:
             raise UpdateRejected(Refusal.SIZE_MISMATCH, f"blob is {len(data)} bytes, record says {record.blob_size}")
         try:
-            delta = await run_sized(len(data), tensors.decode_state, data, max_bytes=net.max_message_size)
+            update = await run_sized(len(data), codecs.open_update, data, max_bytes=net.max_message_size,
+                                     max_decoded_bytes=self._decoded_cap, expect=self.update_codec)
+        except codecs.CodecMismatch as exc:
+            raise UpdateRejected(Refusal.WRONG_CODEC, str(exc)) from None
         except DecodeError as exc:
             raise UpdateRejected(Refusal.UNDECODABLE, str(exc)) from None
+        keep_encoded = streaming and not self.update_codec.lossless
+        delta = update if keep_encoded else await run_sized(update.nbytes, update.decoded)
         await run_sized(len(data), check_tensors, delta, self.global_state, self.config.security.max_update_norm)
         # Kept on disk so a restarted coordinator reuses pending updates without refetching them;
         # written in the background, off the critical path (if a crash beats the write, recovery
@@ -209,11 +231,13 @@ class UpdateIntake:
         return delta, source
 
     def read_back(self, digests: list[str]):
-        """(digest, delta) of updates kept in the blob store; ones no longer there are skipped."""
+        """(digest, delta) of updates kept in the blob store, each an ``EncodedUpdate`` (decoded a
+        tensor at a time as it is read); ones no longer there are skipped."""
         for digest in digests:
             try:
                 data = self.peer.blobs.map_private(digest, verify=False)  # verified when it arrived
-                yield digest, tensors.decode_state(data, max_bytes=self.config.network.max_message_size)
+                yield digest, codecs.open_update(data, max_bytes=self.config.network.max_message_size,
+                                                 max_decoded_bytes=self._decoded_cap or None)
             except (BlobError, DecodeError, OSError) as exc:
                 log.debug("update %s not read back: %s", digest[:12], exc)
 

@@ -15,8 +15,9 @@ trainers do not know the coordinator's secret they cannot tell which rounds are 
 (without one they can compute it, and fabricate exactly the unchecked rounds).
 
 A check the verifier cannot make is *inconclusive*, never a penalty: private data, a shard it
-cannot load, bf16 training (its rounding differs by device and kernel), or any failure of the
-verifier's own engine. ``Verdict.failed`` is the only outcome that blames the trainer.
+cannot load, bf16 training (its rounding differs by device and kernel), an update codec with
+error feedback (``topk``: the trainer's residual is private), or any failure of the verifier's
+own engine. ``Verdict.failed`` is the only outcome that blames the trainer.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from pathlib import Path
 
 import torch
 
+from prime import codecs
 from prime.core.aggregation.config import proximal_mu
 from prime.core.config import JobConfig, Precision
 from prime.core.errors import ConfigError, TaskError
@@ -109,6 +111,7 @@ class SpotChecker:
             raise ConfigError(f"spot-check rate must lie in [0, 1], got {self.rate}")
         self.tolerance = config.verification.tolerance
         self.work = LocalWork.of(config.federated)
+        self.update_codec = codecs.from_config(config.compression.update)
         self._engine: LocalEngine | None = None
         self._lock = threading.Lock()
 
@@ -132,6 +135,9 @@ class SpotChecker:
                     "and data position")
         if not self.task.spec.public_data:
             return f"task {self.task.name!r} does not declare public_data: the verifier cannot read trainers' shards"
+        if self.update_codec.error_feedback:
+            return (f"compression.update is {self.update_codec.name} with error feedback: each update carries the "
+                    "trainer's private residual of earlier rounds, which no verifier can recompute")
         if self.config.training.precision is Precision.BF16:
             return ("the job trains in bf16: bf16 rounding differs by device and kernel, so a recomputed round "
                     "does not match an honest one to any useful tolerance")
@@ -139,8 +145,9 @@ class SpotChecker:
 
     def check(self, global_state: StateDict, delta: StateDict, shard: int, num_shards: int,
               round_number: int) -> Verdict:
-        """Recompute round ``round_number`` on ``shard`` of ``num_shards`` from ``global_state`` and
-        compare it with the submitted ``delta``."""
+        """Recompute round ``round_number`` on ``shard`` of ``num_shards`` from ``global_state`` (the
+        model as trainers decoded it) and compare it with the submitted, decoded ``delta``; in a lossy
+        update codec the recomputed delta goes through the same codec first."""
         started = time.perf_counter()
 
         def inconclusive(reason: str) -> Verdict:
@@ -172,6 +179,8 @@ class SpotChecker:
             except Exception as exc:
                 self._engine = None  # a half-run round may leave gradients behind: start clean next time
                 return inconclusive(f"the verifier's engine failed: {type(exc).__name__}: {exc}")
+        if not self.update_codec.lossless:  # what an honest trainer's delta decodes to
+            recomputed = codecs.roundtrip(self.update_codec, recomputed)
         distance = relative_distance(recomputed, delta)
         return Verdict(distance <= self.tolerance, distance, None, time.perf_counter() - started)
 

@@ -18,11 +18,16 @@ from prime.core.rewards import MICRO
 DB_NAME = "coordinator.sqlite"
 
 
-def read_status(data_dir: str | Path) -> dict[str, Any]:
+def open_read_only(data_dir: str | Path) -> tuple[Path, sqlite3.Connection]:
+    """The coordinator database under ``data_dir``, opened read-only (status, export, verify)."""
     path = Path(data_dir) / DB_NAME
     if not path.exists():
         raise CoordinatorError(f"no coordinator database at {path}; is --data-dir right?")
-    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    return path, sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+
+
+def read_status(data_dir: str | Path) -> dict[str, Any]:
+    _, db = open_read_only(data_dir)
     try:
         return _collect(db)
     finally:

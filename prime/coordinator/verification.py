@@ -2,12 +2,15 @@
 
 Two stages. ``check_record`` is cheap and runs on the signed record alone
 (signature already verified by the envelope): admission, job, round, model version,
-selection, assigned shard, duplicates. ``check_tensors`` runs on the decoded blob: names, shapes,
+selection, assigned shard, codec, duplicates. ``check_tensors`` runs on the decoded blob: names, shapes,
 dtypes must match the global model, values must be finite and the L2 norm bounded. Each refusal is an
 ``UpdateRejected`` with a short reason code that lands in the database.
 """
 
 from __future__ import annotations
+
+import math
+from collections.abc import Mapping
 
 import torch
 
@@ -29,6 +32,9 @@ def check_record(
         raise UpdateRejected(stale, f"issued {record.issued:.0f}, expires {record.expires:.0f}, now {now:.0f}")
     if record.job_id != config.job_id:
         raise UpdateRejected(Refusal.WRONG_JOB, f"record is for job {record.job_id!r}")
+    if record.codec != config.compression.update.name:
+        raise UpdateRejected(Refusal.WRONG_CODEC, f"update encoded {record.codec!r}, the job uses "
+                             f"{config.compression.update.name!r} (compression.update)")
     if announcement is None or record.round != announcement.round:
         current = announcement.round if announcement else "none"
         raise UpdateRejected(Refusal.WRONG_ROUND, f"update for round {record.round}, current round is {current}")
@@ -53,10 +59,12 @@ def check_record(
         )
 
 
-def check_tensors(delta: dict[str, torch.Tensor], reference: dict[str, torch.Tensor], max_norm: float = 0.0) -> None:
+def check_tensors(delta: Mapping[str, torch.Tensor], reference: dict[str, torch.Tensor], max_norm: float = 0.0) -> None:
+    """One pass over ``delta``'s tensors (an encoded update decodes each once, then drops it)."""
     if set(delta) != set(reference):
         missing, extra = sorted(set(reference) - set(delta)), sorted(set(delta) - set(reference))
         raise UpdateRejected(Refusal.WRONG_TENSORS, f"missing {missing[:3]}, unexpected {extra[:3]}")
+    squares = 0.0
     for name, ref in reference.items():
         value = delta[name]
         if value.shape != ref.shape:
@@ -65,7 +73,9 @@ def check_tensors(delta: dict[str, torch.Tensor], reference: dict[str, torch.Ten
             raise UpdateRejected(Refusal.WRONG_DTYPE, f"{name}: {value.dtype} != {ref.dtype}")
         if not bool(torch.isfinite(value).all()):
             raise UpdateRejected(Refusal.NOT_FINITE, f"{name} has NaN or Inf")
+        if max_norm > 0:
+            squares += float(value.to(torch.float64).pow(2).sum())
     if max_norm > 0:
-        norm = float(torch.sqrt(sum(v.to(torch.float64).pow(2).sum() for v in delta.values())))
+        norm = math.sqrt(squares)
         if norm > max_norm:
             raise UpdateRejected(Refusal.NORM_TOO_LARGE, f"L2 norm {norm:.4g} exceeds the bound {max_norm:.4g}")

@@ -1,8 +1,9 @@
 """``prime verify``: audit a coordinator's committed updates offline by recomputing them.
 
 For each committed update of the chosen rounds (``updates`` in ``coordinator.sqlite``), it
-reads the update blob and the model the round started from (round r starts from model
-version r − 1) out of the data dir's blob store, recomputes the trainer's round on its shard
+reads the update blob (decoded with its codec) and the model the round started from (round r
+starts from model version r − 1, as trainers decoded it from ``compression.model``) out of the
+data dir's blob store, recomputes the trainer's round on its shard
 with a :class:`~prime.coordinator.spotcheck.SpotChecker` and prints the distance and the
 verdict. Anyone holding a copy of the data dir and the job config can run it: the database is
 opened read-only, so it is safe next to a running daemon.
@@ -25,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from prime.coordinator.status import open_read_only
 from prime.core.errors import BlobError, ConfigError, CoordinatorError, DecodeError, PrimeError
 from prime.core.identity import network_id
 
@@ -32,7 +34,6 @@ if TYPE_CHECKING:  # torch is imported only when a check runs: `prime --help`, `
     from prime.coordinator.spotcheck import SpotChecker, Verdict
     from prime.core.config import JobConfig
 
-DB_NAME = "coordinator.sqlite"  # the database prime.coordinator.status reads too
 BLOBS_DIR = "blobs"
 
 
@@ -69,10 +70,7 @@ class Committed:
 
 def read_committed(data_dir: Path, config: JobConfig, which: int | None) -> Committed:
     """The committed rounds (all, or round ``which``) of ``config``'s job in ``data_dir``."""
-    path = data_dir / DB_NAME
-    if not path.exists():
-        raise CoordinatorError(f"no coordinator database at {path}; is --data-dir right?")
-    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    path, db = open_read_only(data_dir)
     try:
         meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
         if meta.get("job_id") not in (None, config.job_id):
@@ -106,9 +104,10 @@ def _names(updates: list[tuple[int, bytes, str, str]]) -> dict[bytes, str]:
 
 def audit(config: JobConfig, checker: SpotChecker, data_dir: Path, committed: Committed) -> Iterator[Checked | None]:
     """Recompute each sampled committed update; ``None`` for one the sample skipped."""
+    from prime import codecs
     from prime.coordinator.spotcheck import Verdict
-    from prime.core import tensors
     from prime.blobs.store import BlobStore
+    from prime.core.offload import state_bytes
 
     if not (data_dir / BLOBS_DIR).is_dir():
         raise CoordinatorError(f"no blob store at {data_dir / BLOBS_DIR}; is --data-dir right?")
@@ -117,11 +116,21 @@ def audit(config: JobConfig, checker: SpotChecker, data_dir: Path, committed: Co
     names = _names(committed.updates)
     starts: dict[int, dict | str] = {}  # this round's start model, or why it could not be read (one round held)
 
-    def read(digest: str, what: str) -> dict | str:
+    model_codec = codecs.from_config(config.compression.model)
+
+    def read(digest: str, what: str, decoded_cap: int | None = None) -> dict | str:
+        """A committed model (fp32) or update (in its codec, decoded), or why it cannot be read."""
         try:
-            return tensors.decode_state(blobs.read_bytes(digest), max_bytes=cap)
+            return codecs.decode(blobs.read_bytes(digest), max_bytes=cap, max_decoded_bytes=decoded_cap)
         except (BlobError, DecodeError) as exc:
             return f"the data dir's copy of {what} cannot be read: {exc}"
+
+    def start_of(version: str | None, number: int) -> dict | str:
+        """The model round ``number + 1`` started from, as trainers decoded it (``compression.model``)."""
+        if not version:
+            return f"model version {number} is not in the database"
+        state = read(version, f"model version {number}")
+        return codecs.roundtrip(model_codec, state) if isinstance(state, dict) else state
 
     for round_number, key, _, digest in committed.updates:
         if not checker.sampled(round_number, key):
@@ -129,10 +138,9 @@ def audit(config: JobConfig, checker: SpotChecker, data_dir: Path, committed: Co
             continue
         shard = config.shard_of(key)
         if round_number not in starts:
-            version = committed.versions.get(round_number - 1)
-            starts = {round_number: read(version, f"model version {round_number - 1}") if version else
-                      f"model version {round_number - 1} is not in the database"}
-        start, delta = starts[round_number], read(digest, f"update {digest[:12]}")
+            starts = {round_number: start_of(committed.versions.get(round_number - 1), round_number - 1)}
+        start = starts[round_number]
+        delta = read(digest, f"update {digest[:12]}", state_bytes(start) if isinstance(start, dict) else None)
         problem = start if isinstance(start, str) else delta if isinstance(delta, str) else None
         if problem:
             verdict = Verdict(False, math.nan, problem, 0.0)

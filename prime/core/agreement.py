@@ -3,9 +3,9 @@
 The coordinator signs the digest of these terms into every round announcement; a trainer
 whose own config gives another digest refuses the round and says which keys differ,
 instead of training something the coordinator cannot use. The terms are what shapes the
-update: the task and its (validated) options, the data split, the training recipe and
-the local work per round. Network addresses, timeouts, fault tolerance and admission are
-per node or the coordinator's alone, so they may differ.
+update: the task and its (validated) options, the data split, the training recipe,
+the local work per round and the codecs (``[compression]``). Network addresses, timeouts,
+fault tolerance and admission are per node or the coordinator's alone, so they may differ.
 
 The canonical form (sorted-key compact JSON) is also served as a blob whose digest is the
 same, so a trainer can fetch the coordinator's terms and name the differing keys.
@@ -20,7 +20,7 @@ from typing import Any
 from prime.core.config import JobConfig
 
 #: Federated keys that shape a trainer's update (the rest are the coordinator's business).
-_FEDERATED_TERMS = ("local_epochs", "local_steps", "aggregation")
+_FEDERATED_TERMS = ("local_epochs", "local_steps", "overlap", "aggregation")
 
 
 def job_terms(config: JobConfig, task_options: dict[str, Any]) -> dict[str, Any]:
@@ -32,6 +32,7 @@ def job_terms(config: JobConfig, task_options: dict[str, Any]) -> dict[str, Any]
         "data": dump["data"],
         "training": dump["training"],
         "federated": {k: dump["federated"][k] for k in _FEDERATED_TERMS},
+        "compression": dump["compression"],  # the codecs shape what is sent both ways
     }
 
 

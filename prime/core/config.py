@@ -12,7 +12,7 @@ import re
 import tomllib
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
@@ -101,6 +101,9 @@ class FederatedConfig(_Section):
     local_epochs: int = Field(1, gt=0)
     #: Optimizer steps per round (H, as in DiLoCo); 0 trains ``local_epochs`` epochs instead.
     local_steps: int = Field(0, ge=0)
+    #: One-step-delayed outer update (streaming/async DiLoCo): once a trainer has sent round r's update
+    #: it trains its next H steps from its own weights, and sends that progress as round r+1's update.
+    overlap: bool = False
     #: Fraction of live admitted trainers selected each round (at least ``min_clients``).
     participation_rate: float = Field(1.0, gt=0.0, le=1.0)
     min_clients: int = Field(2, gt=0)
@@ -114,6 +117,11 @@ class FederatedConfig(_Section):
     @model_validator(mode="after")
     def _strategy_fits_min_clients(self) -> "FederatedConfig":
         check_min_clients(self.aggregation, self.min_clients)  # e.g. Krum needs n > 2f + 2
+        if self.overlap and not self.local_steps:
+            raise ValueError("federated.overlap needs federated.local_steps > 0 (a block of H inner steps)")
+        if self.overlap and self.aggregation.name == "fedprox":
+            raise ValueError("federated.overlap does not combine with fedprox: its proximal term pulls toward the "
+                             "announced global, which an overlapped block does not start from")
         return self
 
 
@@ -144,6 +152,64 @@ class NetworkConfig(_Section):
     def peer_assists(self, model_size: int) -> bool:
         """Whether a model of ``model_size`` bytes is distributed peer-assisted (one riding inline never is)."""
         return 0 < self.peer_assist_min_bytes <= model_size and not self.rides_inline(model_size)
+
+
+class FP32CodecConfig(_Section):
+    name: Literal["fp32"] = "fp32"
+
+
+class FP16CodecConfig(_Section):
+    name: Literal["fp16"] = "fp16"
+
+
+class BF16CodecConfig(_Section):
+    name: Literal["bf16"] = "bf16"
+
+
+class Int8CodecConfig(_Section):
+    name: Literal["int8"] = "int8"
+    #: Values per float32 scale (blockwise absmax).
+    block_size: int = Field(256, ge=1, le=1 << 24)
+
+
+class UInt8CodecConfig(_Section):
+    name: Literal["uint8"] = "uint8"
+
+
+class TopKCodecConfig(_Section):
+    name: Literal["topk"] = "topk"
+    #: Share of each tensor's entries sent (the largest by magnitude); the rest is fed back.
+    fraction: float = Field(0.01, gt=0.0, le=1.0)
+
+
+#: A codec by name with its parameters (``prime/codecs``); ``update = "int8"`` is short for ``{ name = "int8" }``.
+CodecConfig = Annotated[
+    Union[FP32CodecConfig, FP16CodecConfig, BF16CodecConfig, Int8CodecConfig, UInt8CodecConfig, TopKCodecConfig],
+    Field(discriminator="name"),
+]
+CODEC_NAMES = ("fp32", "fp16", "bf16", "int8", "uint8", "topk")
+
+
+class CompressionConfig(_Section):
+    """Codecs: ``update`` for deltas (trainer → coordinator), ``model`` for the global model
+    (coordinator → trainers). ``fp32`` (the default) sends what prime always sent.
+    ``network.enable_compression`` (zlib, lossless) still applies on top of either codec."""
+
+    update: CodecConfig = FP32CodecConfig()
+    model: CodecConfig = FP32CodecConfig()
+
+    @field_validator("update", "model", mode="before")
+    @classmethod
+    def _bare_name(cls, value: Any) -> Any:
+        return {"name": value} if isinstance(value, str) else value
+
+    @field_validator("model")
+    @classmethod
+    def _whole_model(cls, value: Any) -> Any:
+        if value.name == "topk":
+            raise ValueError("topk sends a fraction of the entries: a model must arrive whole "
+                             "(use fp32, fp16, bf16, int8 or uint8)")
+        return value
 
 
 class FaultToleranceConfig(_Section):
@@ -290,6 +356,7 @@ class JobConfig(_Section):
     training: TrainingConfig = TrainingConfig()
     federated: FederatedConfig = FederatedConfig()
     network: NetworkConfig = NetworkConfig()
+    compression: CompressionConfig = CompressionConfig()
     fault_tolerance: FaultToleranceConfig = FaultToleranceConfig()
     admission: AdmissionConfig = AdmissionConfig()
     security: SecurityConfig = SecurityConfig()
@@ -307,6 +374,22 @@ class JobConfig(_Section):
     #: Where this config was read from, for error messages (``job.toml: key …``).
     _source: str = PrivateAttr("<config>")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _diloco_inner_adamw(cls, data: Any) -> Any:
+        """With an outer optimizer (DiLoCo) the inner one is AdamW unless the job names one."""
+        if not isinstance(data, dict):
+            return data
+        federated = data.get("federated")
+        aggregation = federated.get("aggregation") if isinstance(federated, dict) else None
+        if not isinstance(aggregation, dict) or aggregation.get("outer") is None:
+            return data
+        training = data.get("training", {})
+        optimizer = training.get("optimizer", {}) if isinstance(training, dict) else None
+        if isinstance(optimizer, dict) and "name" not in optimizer:
+            data = {**data, "training": {**training, "optimizer": {**optimizer, "name": "adamw"}}}
+        return data
+
     @model_validator(mode="after")
     def _consistent(self) -> "JobConfig":
         n = len(self.admission.trainers)
@@ -321,6 +404,10 @@ class JobConfig(_Section):
         if self.verification.spot_check_rate > 0 and not self.training.reproducible_rounds:
             raise ValueError("verification.spot_check_rate needs training.reproducible_rounds = true "
                              "(a verifier can only recompute rounds that start from known state)")
+        if self.federated.overlap and self.training.reproducible_rounds:
+            raise ValueError("federated.overlap does not combine with training.reproducible_rounds: a verifier "
+                             "recomputes a round from the announced global model, and an overlapped round "
+                             "starts from the trainer's own weights")
         count = self.num_shards
         wide = sorted(name for name, index in self.data.shards.items() if index >= count)
         if wide:
@@ -354,10 +441,19 @@ class JobConfig(_Section):
         return bytes.fromhex(self.coordinator_key) if self.coordinator_key else None
 
 
+def _is_tag(loc: tuple, i: int) -> bool:
+    """Whether ``loc[i]`` is a tagged union's tag (``krum`` in ``federated.aggregation.krum.f``)."""
+    p = loc[i]
+    if not (i and isinstance(p, str) and i + 1 < len(loc)):
+        return False
+    if loc[i - 1] == "aggregation":
+        return p == p.lower() and p.isalpha()
+    return i >= 2 and loc[i - 2] == "compression" and loc[i - 1] in ("update", "model") and p in CODEC_NAMES
+
+
 def _key(loc: tuple) -> str:
     """A dotted key; a tagged union's tag (``federated.aggregation.krum.f``) is not part of the key."""
-    parts = [str(p) for i, p in enumerate(loc) if not (i and loc[i - 1] == "aggregation" and isinstance(p, str)
-                                                        and p == p.lower() and p.isalpha() and i + 1 < len(loc))]
+    parts = [str(p) for i, p in enumerate(loc) if not _is_tag(loc, i)]
     return ".".join(parts) or "(top level)"
 
 

@@ -17,6 +17,7 @@ from prime.core.identity import Identity
 
 _DIGEST = r"^[0-9a-f]{64}$"
 _ADDR = r"^[A-Za-z0-9.\-:\[\]]{1,64}:[0-9]{1,5}$"
+_CODEC = r"^[a-z0-9]{1,16}$"
 
 
 class _Record(BaseModel):
@@ -60,6 +61,8 @@ class RoundAnnouncement(_Record):
     num_shards: int = Field(ge=1)
     #: Digest of the job's agreed terms (``prime/core/agreement.py``); trainers with other terms refuse.
     config_digest: str = Field(pattern=_DIGEST)
+    #: The codec of the model blob (``compression.model``; ``prime/codecs``): what trainers decode and train from.
+    model_codec: str = Field("fp32", pattern=_CODEC)
     deadline: float
     issued: float
     expires: float
@@ -94,6 +97,8 @@ class UpdateRecord(_Record):
     node_name: str = Field(max_length=64)
     blob_digest: str = Field(pattern=_DIGEST)
     blob_size: int = Field(ge=0)
+    #: The codec of the blob (``compression.update``); a coordinator refuses one its job does not use.
+    codec: str = Field("fp32", pattern=_CODEC)
     num_samples: int = Field(ge=0)
     #: The shard it trained on, as the announcement assigned; None: the trainer's own data.
     shard: Annotated[int, Field(ge=0)] | None

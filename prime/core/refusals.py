@@ -27,9 +27,15 @@ class Refusal(str, Enum):
     WRONG_MODEL_VERSION = "wrong_model_version"
     NOT_SELECTED = "not_selected"
     WRONG_SHARD = "wrong_shard"
+    #: The record names a codec the job does not use (or the blob's codec parameters differ): a protocol
+    #: mismatch, not misbehaviour, so it is not penalized.
+    WRONG_CODEC = "wrong_codec"
     OVERSIZE = "oversize"
     NO_SAMPLES = "no_samples"
     TOO_MANY_SAMPLES = "too_many_samples"
+    #: A second update for a round the key already has one in: the first counts, so it gains
+    #: nothing, and an honest trainer killed between publishing and checkpointing sends one when
+    #: it retrains that round after its restart: not penalized.
     DUPLICATE = "duplicate"
     REPLAY = "replay"
     # the blob
@@ -58,7 +64,7 @@ class Refusal(str, Enum):
 #: Only what the signer alone can have done: a replayed record can be re-sent by anyone, and bytes
 #: that do not match the signed digest may have been altered in transit, so neither is penalized.
 PENALIZED = frozenset({
-    Refusal.WRONG_SHARD, Refusal.TOO_MANY_SAMPLES, Refusal.DUPLICATE, Refusal.SIZE_MISMATCH, Refusal.UNDECODABLE, Refusal.WRONG_TENSORS, Refusal.WRONG_SHAPE, Refusal.WRONG_DTYPE,
+    Refusal.WRONG_SHARD, Refusal.TOO_MANY_SAMPLES, Refusal.SIZE_MISMATCH, Refusal.UNDECODABLE, Refusal.WRONG_TENSORS, Refusal.WRONG_SHAPE, Refusal.WRONG_DTYPE,
     Refusal.NOT_FINITE, Refusal.NORM_TOO_LARGE, Refusal.EMPTY_UPDATE, Refusal.COPIED_UPDATE, Refusal.UNSCORABLE,
     Refusal.HARMFUL, Refusal.FAILED_SPOT_CHECK,
 })

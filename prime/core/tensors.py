@@ -13,6 +13,8 @@ that), and anything it does not handle (exotic dtypes, odd names) goes through `
 Decoding a writable buffer (a received blob's private mapping) is zero-copy: the header
 is checked as strictly as safetensors checks it, then each tensor is a view of the
 buffer. Read-only buffers (``bytes``) are copied out by safetensors.
+:func:`decode_container` also returns the header's ``__metadata__`` (where ``prime/codecs``
+names a blob's codec).
 """
 
 from __future__ import annotations
@@ -63,12 +65,14 @@ _MAX_HEADER_BYTES = 100_000_000
 Buffer = bytes | bytearray | memoryview
 
 
-def _safetensors_parts(clean: StateDict) -> list[Buffer] | None:
-    """``safetensors.torch.save(clean)`` as header + tensor views (no copy); None if out of scope."""
+def _safetensors_parts(clean: StateDict, metadata: dict[str, str] | None = None) -> list[Buffer] | None:
+    """``safetensors.torch.save(clean, metadata)`` as header + tensor views (no copy); None if out of scope."""
     if not all(v.dtype in _ST_DTYPES and v.layout == torch.strided and _plain_name(k) for k, v in clean.items()):
         return None
+    if metadata and not all(_plain_name(k) and _plain_name(v) for k, v in metadata.items()):
+        return None
     order = sorted(clean, key=lambda k: (-_ST_DTYPES[clean[k].dtype][1], k))
-    header: dict[str, dict[str, object]] = {}
+    header: dict[str, object] = {"__metadata__": dict(metadata)} if metadata else {}
     views: list[memoryview] = []
     offset = 0
     for name in order:
@@ -83,16 +87,17 @@ def _safetensors_parts(clean: StateDict) -> list[Buffer] | None:
     return [len(head).to_bytes(8, "little") + head, *views]
 
 
-def encode_parts(state: StateDict, *, compress: bool = False) -> list[Buffer]:
+def encode_parts(state: StateDict, *, compress: bool = False, metadata: dict[str, str] | None = None) -> list[Buffer]:
     """:func:`encode_state`'s bytes as a list of pieces, views of the tensors where possible.
 
-    The views stay valid while ``state``'s tensors are alive and unchanged.
+    The views stay valid while ``state``'s tensors are alive and unchanged. ``metadata`` goes
+    into the header's ``__metadata__`` (the codecs name themselves there: ``prime/codecs``).
     """
     clean = {k: v.detach().to("cpu").contiguous().clone() if v.is_shared() or not v.is_contiguous() else v.detach().to("cpu")
              for k, v in state.items()}
-    parts = _safetensors_parts(clean)
+    parts = _safetensors_parts(clean, metadata)
     if parts is None:
-        parts = [st_save(clean)]
+        parts = [st_save(clean, metadata=metadata)]
     if compress:
         return [_ZLIB_MAGIC + zlib.compress(b"".join(parts), 1)]
     return parts
@@ -108,8 +113,8 @@ def parts_size(parts: Sequence[Buffer]) -> int:
     return sum(memoryview(p).nbytes for p in parts)
 
 
-def decode_state(data: bytes, *, max_bytes: int) -> StateDict:
-    """Parse bytes from :func:`encode_state`; raise ``DecodeError`` on anything else."""
+def _inflated(data: Buffer, max_bytes: int) -> Buffer:
+    """``data`` within ``max_bytes``, unwrapped if zlib-compressed (decompressed within the cap too)."""
     if len(data) > max_bytes:
         raise DecodeError(f"tensor blob of {len(data)} bytes exceeds cap {max_bytes}")
     if data[:4] == _ZLIB_MAGIC:
@@ -122,7 +127,13 @@ def decode_state(data: bytes, *, max_bytes: int) -> StateDict:
             raise DecodeError(f"decompressed tensor blob exceeds cap {max_bytes}")
         if not inflater.eof:
             raise DecodeError("compressed tensor blob is truncated")
-        data = raw
+        return raw
+    return data
+
+
+def decode_state(data: bytes, *, max_bytes: int) -> StateDict:
+    """Parse bytes from :func:`encode_state`; raise ``DecodeError`` on anything else."""
+    data = _inflated(data, max_bytes)
     view = memoryview(data)
     if not view.readonly and view.contiguous and view.format in ("B", "b", "c"):
         return _view_tensors(view.cast("B"))
@@ -134,10 +145,36 @@ def decode_state(data: bytes, *, max_bytes: int) -> StateDict:
         raise DecodeError(f"not a safetensors blob: {type(exc).__name__}: {exc}") from None
 
 
+def decode_container(data: Buffer, *, max_bytes: int) -> tuple[dict[str, str], StateDict]:
+    """``(metadata, tensors)`` of a blob from :func:`encode_parts` (zlib-wrapped or not), checked as
+    :func:`decode_state` checks it; the tensors are views of the bytes (a read-only buffer is
+    copied once first). Nothing is allocated beyond ``max_bytes`` (plus the parsed header)."""
+    data = _inflated(data, max_bytes)
+    view = memoryview(data)
+    if view.readonly or not view.contiguous or view.format not in ("B", "b", "c"):
+        view = memoryview(bytearray(view))
+    return _view_container(view.cast("B"))
+
+
 def _view_tensors(buf: memoryview) -> StateDict:
-    """Tensors that are views of ``buf`` (safetensors layout), after checking the header as
-    strictly as safetensors does: known dtypes, sizes that match shapes, offsets that tile
-    the data exactly, nothing outside the buffer."""
+    return _view_container(buf)[1]
+
+
+#: Bound on a decoded shape's dimensions and their product (torch computes int64 sizes and strides,
+#: and an empty tensor's shape may claim anything).
+_MAX_DIM = 1 << 62
+
+
+def valid_shape(shape: object) -> bool:
+    """A list of at most 64 non-negative ints whose strides fit in int64 (empty tensors included)."""
+    return (isinstance(shape, (list, tuple)) and len(shape) <= 64 and all(type(d) is int and d >= 0 for d in shape)
+            and math.prod(max(d, 1) for d in shape) < _MAX_DIM)
+
+
+def _view_container(buf: memoryview) -> tuple[dict[str, str], StateDict]:
+    """Metadata, and tensors that are views of ``buf`` (safetensors layout), after checking the
+    header as strictly as safetensors does: known dtypes, sizes that match shapes, offsets that
+    tile the data exactly, nothing outside the buffer."""
     if len(buf) < 8:
         raise DecodeError("not a safetensors blob: shorter than its length prefix")
     head_len = int.from_bytes(buf[:8], "little")
@@ -161,7 +198,7 @@ def _view_tensors(buf: memoryview) -> StateDict:
         dtype, shape, offsets = _DTYPES_BY_NAME.get(entry["dtype"]), entry["shape"], entry["data_offsets"]
         if dtype is None:
             raise DecodeError(f"not a safetensors blob: unknown dtype {entry['dtype']!r} for {name!r}")
-        if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
+        if not isinstance(shape, list) or not valid_shape(shape):
             raise DecodeError(f"not a safetensors blob: bad shape for {name!r}")
         if (not isinstance(offsets, list) or len(offsets) != 2 or not all(type(o) is int for o in offsets)
                 or not 0 <= offsets[0] <= offsets[1] <= body):
@@ -187,4 +224,4 @@ def _view_tensors(buf: memoryview) -> StateDict:
             state[name] = raw.view(dtype).reshape(shape)
         else:
             state[name] = torch.frombuffer(buf, dtype=dtype, count=math.prod(shape), offset=offset).reshape(shape)
-    return state
+    return metadata, state

@@ -14,7 +14,7 @@ from prime.core.errors import DHTError, PrimeError
 from prime.core.identity import Identity
 from prime.core.net import free_port
 from prime.core.retry import with_retries
-from prime.blobs.service import BlobServer
+from prime.blobs.service import BlobServer, simulated_uplink
 from prime.blobs.store import BlobStore
 from prime.dht.node import DHTNode
 
@@ -38,7 +38,8 @@ class Peer:
         host, port = listen
         port = port or free_port(host)
         blobs = BlobStore(Path(data_dir) / "blobs")
-        blob_server = await BlobServer.start(blobs, host=host, port=port, max_blob_bytes=max_blob_bytes)
+        blob_server = await BlobServer.start(blobs, host=host, port=port, max_blob_bytes=max_blob_bytes,
+                                             max_bytes_per_second=simulated_uplink())
         try:
             others = [addr for addr in bootstrap if addr != (host, port)]
             dht = await DHTNode.create(host=host, port=port, bootstrap=others, timeout=timeout)

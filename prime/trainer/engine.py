@@ -2,7 +2,9 @@
 
 The engine knows nothing of rounds or networks: it loads a global state, runs the
 round's local work (epochs, or H optimizer steps) on its data, and returns the delta
-(local minus global, in fp32 against the fp32 global weights). It exposes
+(local minus global, in fp32 against the fp32 global weights; DiLoCo's pseudo-gradient is
+its negation). Started from ``None`` it trains on from its current weights instead and
+returns its own progress (``federated.overlap``). It exposes
 ``state_dict``/``load_state_dict`` so trainer checkpoints capture model, optimizer,
 schedule step and data position together.
 
@@ -248,13 +250,21 @@ class LocalEngine:
         # set_model_state_dict replaces the dict's values with DTensors: give it a copy.
         set_model_state_dict(self.model, dict(state) if self.rank == 0 else {}, options=options)
 
-    def train(self, start: StateDict, work: LocalWork, *,
+    def train(self, start: StateDict | None, work: LocalWork, *,
               round_key: RoundKey | None = None) -> tuple[StateDict, TrainMetrics]:
         """Run one round's local work from ``start``; return (delta, metrics). ``start`` is read on rank 0.
 
-        ``round_key`` names the round; it is required, and only used, with ``reproducible_rounds``."""
+        ``start=None`` trains on from the current weights (optimizer state kept) and returns the
+        progress (end minus those weights). ``round_key`` names the round; it is required, and only
+        used, with ``reproducible_rounds`` (which never trains on from its own weights)."""
         if self.data is None:
             raise TrainerError("no training data: call use_shard or use_data first")
+        if start is None:
+            if self.training.reproducible_rounds:
+                raise TrainerError("a reproducible round starts from the announced global state, not start=None")
+            with self._lock:
+                self.channel.lead(Command.TRAIN_ON, work.epochs, work.steps)
+                return self._train(None, work, None)
         self.check_matches(start)  # before the other ranks are told: a refusal must not strand them
         plan = self._plan(work, round_key)
         with self._lock:
@@ -278,8 +288,12 @@ class LocalEngine:
             raise TrainerError(f"bad round key {key}: rounds count from 1, shards from 0")
         return _RoundPlan(key.order_seed(self.training.seed), (key.round - 1) * self.steps_per_round(work))
 
-    def _train(self, start: StateDict, work: LocalWork, plan: _RoundPlan | None) -> tuple[StateDict, TrainMetrics]:
-        self.load_global(start)
+    def _train(self, start: StateDict | None, work: LocalWork,
+               plan: _RoundPlan | None) -> tuple[StateDict, TrainMetrics]:
+        if start is None:  # train on from the current weights (a collective gather on every rank)
+            start = self.global_state()
+        else:
+            self.load_global(start)
         self.model.train()
         if plan is not None:  # nothing of earlier rounds carries over
             self.optimizer = build_optimizer(self.model.parameters(), self.training, self.device)
@@ -404,6 +418,8 @@ class LocalEngine:
             elif command is Command.TRAIN:
                 plan = _RoundPlan(order_seed=args[3], start_step=args[2]) if self.training.reproducible_rounds else None
                 self._train({}, LocalWork(epochs=args[0], steps=args[1]), plan)
+            elif command is Command.TRAIN_ON:
+                self._train(None, LocalWork(epochs=args[0], steps=args[1]), None)
             elif command is Command.STATE:
                 self._state_dict()
             elif command is Command.LOAD:

@@ -6,9 +6,12 @@ Lifecycle: ``node = await TrainerNode.create(...)``, ``await node.start_training
 that the job's agreed terms (task, options, data split, training recipe) are its own,
 takes the shard of the task's data the announcement assigns it, takes the global model from the announcement (small models ride inline) or fetches it
 by digest (peer-assisted when it is large: ``modelfetch``), trains locally (FSDP2, in a
-worker thread so the event loop keeps serving), stores its update blob, signs an update
-record, puts it in the DHT under its own key, and sends the record as a notice on the bus
-(with the update inline when it is small).
+worker thread so the event loop keeps serving; the model decoded with the job's model codec),
+stores its update blob (in the job's update codec: ``prime/codecs``; top-k's error-feedback
+residual stays here, in the checkpoints), signs an update record, puts it in the DHT under its own key, and sends the record as a notice on the bus
+(with the update inline when it is small). With ``federated.overlap`` it trains its next block
+of inner steps while it waits for the next announcement (``overlap.py``); ``metrics.json``
+records the fraction of its wall time spent in inner steps (``utilization.py``).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import time
 from collections.abc import Coroutine
 from pathlib import Path
@@ -24,6 +28,7 @@ from typing import Any
 
 from torch import nn
 
+from prime import codecs
 from prime.bus.client import BusClient
 from prime.bus.liveness import Heartbeat
 from prime.bus.topics import Topics
@@ -52,6 +57,8 @@ from prime.trainer.checkpoint import AUTO_PREFIX, CheckpointStore
 from prime.trainer.distributed import resolve_device
 from prime.trainer.engine import LocalEngine, LocalWork, RoundKey, TrainMetrics
 from prime.trainer.modelfetch import ModelFetcher
+from prime.trainer.overlap import AheadBlock, rebased
+from prime.trainer.utilization import Utilization
 
 log = logging.getLogger(__name__)
 
@@ -102,8 +109,15 @@ class TrainerNode:
         self.rounds_trained = 0
         self.dropped: dict[str, int] = {}
         self._last_update: UpdateRecord | None = None  # the last update submitted, to re-sign for a new term
+        self.update_codec = codecs.from_config(config.compression.update)
+        self.model_codec = codecs.from_config(config.compression.model)
+        #: An update codec with error feedback (topk) keeps what was not sent; it is in every checkpoint.
+        self.feedback = codecs.ErrorFeedback(self.update_codec) if self.update_codec.error_feedback else None
         self.highest_term = 0  # trainers follow the highest valid coordinator term they have seen
         self._pending: tuple[RoundAnnouncement, bytes | None] | None = None  # (announcement, inline model)
+        self._ahead: AheadBlock | None = None  # federated.overlap: the block training for the next round
+        self.overlap_counts = {"blocks_sent": 0, "blocks_dropped": 0}
+        self.utilization = Utilization()
         self._background: set[asyncio.Task] = set()
         self.model_fetcher = ModelFetcher(peer, identity, config, self._spawn)
         self.metrics_file = MetricsFile(checkpoints.root.parent / METRICS_FILE, self._metrics)
@@ -201,6 +215,11 @@ class TrainerNode:
             self._last_update = UpdateRecord.model_validate(last) if last else None
         except ValueError:
             self._last_update = None
+        residual = payload.get("codec_residual")
+        if self.feedback is not None and isinstance(residual, dict) and residual:
+            kept = self.feedback.load(residual, self.engine.shapes)
+            log.info("restored the error-feedback residual (%d of %d tensors, norm %.4g)", kept, len(residual),
+                     self.feedback.norm())
 
     async def __aenter__(self) -> "TrainerNode":
         return self
@@ -236,12 +255,14 @@ class TrainerNode:
 
     def _metrics(self) -> dict:
         return {"role": "trainer", **self.get_status(), "training": self.get_training_metrics(),
+                "utilization": self.utilization.metrics(), "overlap": dict(self.overlap_counts),
                 "model_fetch": self.model_fetcher.metrics(), **self.peer.metrics(), "bus": self.bus.metrics}
 
     async def save_checkpoint(self, name: str) -> Path:
         state = await asyncio.to_thread(self.engine.state_dict)
         payload = {"engine": state, "last_submitted_round": self.last_submitted_round, "rounds_trained": self.rounds_trained,
-                   "last_update": self._last_update.model_dump() if self._last_update else None}
+                   "last_update": self._last_update.model_dump() if self._last_update else None,
+                   "codec_residual": self.feedback.residual if self.feedback is not None else {}}
         return await asyncio.to_thread(self.checkpoints.save, name, payload)
 
     async def load_checkpoint(self, name: str) -> None:
@@ -280,6 +301,10 @@ class TrainerNode:
             _, late = await asyncio.wait(set(self._background), timeout=2.0)
             for task in late:
                 task.cancel()
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None:  # its thread cannot be cancelled; the engine is free once it ends
+            with contextlib.suppress(PrimeError, asyncio.CancelledError):
+                await ahead.task
         await self.metrics_file.stop()
         await self.heartbeat.stop()
         await self.bus.close()
@@ -383,23 +408,32 @@ class TrainerNode:
         if time.time() > ann.deadline:
             return self._drop("past_deadline", f"round {ann.round}")
         net = self.config.network
+        began = time.monotonic()
         self.is_training = True
+        ahead: AheadBlock | None = None
         try:
             shard = self._shard_for(ann)
-            if shard is not None:
+            ahead = await self._take_ahead(ann.round, shard)
+            if shard is not None and ahead is None:
                 await asyncio.to_thread(self.engine.use_shard, shard, ann.num_shards)
-            model_bytes = await self._model_bytes(ann, inline)
-            global_state = await run_sized(len(model_bytes), tensors.decode_state, model_bytes,
-                                           max_bytes=net.max_message_size)
-            train_started = time.perf_counter()
-            delta, metrics = await self.local_update(ann, global_state)
-            train_seconds = time.perf_counter() - train_started
-            parts = await run_sized(state_bytes(delta), tensors.encode_parts, delta, compress=net.enable_compression)
+            model_bytes = await self._model_bytes(ann, inline)  # fetched while a block trained ahead runs on
+            global_state = await run_sized(len(model_bytes), self._decode_model, model_bytes)
+            if ahead is None:
+                train_started = time.perf_counter()
+                delta, metrics = await self.local_update(ann, global_state)
+                train_seconds = time.perf_counter() - train_started
+                next_start = None  # a block trained ahead goes on from where this round ended
+            else:  # the block's progress is this round's update; the next block starts from global + progress
+                delta, metrics, train_seconds = await ahead.task
+                next_start = await run_sized(state_bytes(delta), rebased, global_state, delta)
+            parts, residual = await run_sized(state_bytes(delta), self._encode_update, delta)
             digest = await asyncio.to_thread(self.peer.blobs.put_parts, parts)
             size = tensors.parts_size(parts)
         except PrimeError as exc:
             self.dropped["abandoned_round"] = self.dropped.get("abandoned_round", 0) + 1
             log.error("round %d abandoned: %s", ann.round, exc)
+            if ahead is not None and self._ahead is None and _succeeded_or_running(ahead.task):
+                self._ahead = ahead  # still this round's, should it be announced again
             return
         finally:
             self.is_training = False
@@ -413,6 +447,7 @@ class TrainerNode:
             node_name=self.node_id[:64],
             blob_digest=digest,
             blob_size=size,
+            codec=self.update_codec.name,
             num_samples=metrics.num_samples,
             shard=shard,
             metrics={"loss": metrics.loss, "steps": float(metrics.steps), "train_seconds": train_seconds},
@@ -424,22 +459,76 @@ class TrainerNode:
         await self._publish_update(ann.round, sealed, b"".join(parts) if net.rides_inline(size) else None)
         self.last_submitted_round = ann.round
         self._last_update = record
+        if self.feedback is not None:  # sent: what it left out carries over (and into the checkpoint)
+            self.feedback.adopt(residual)
+        self.overlap_counts["blocks_sent"] += ahead is not None
+        use = self.utilization.submitted(ann.round, metrics.seconds, began, time.monotonic(), ahead is not None)
         if self.rounds_trained % self.config.fault_tolerance.checkpoint_interval == 0:
+            # Between blocks, so model and optimizer are consistent; a node restored from it drops
+            # the overlap for one round (it trains round r+1 from the announced model).
             await self.save_checkpoint(f"{AUTO_PREFIX}{ann.round:06d}")
-        log.info("round %d: trained %d samples (%d steps) on %s, loss %.4f, update %s…", ann.round,
-                 metrics.num_samples, metrics.steps, "own data" if shard is None else f"shard {shard}",
-                 metrics.loss, digest[:12])
+        self._train_ahead(ann, shard, next_start)
+        log.info("round %d: trained %d samples (%d steps%s) on %s, loss %.4f, update %s…, %.0f%% of %.2fs in "
+                 "inner steps", ann.round, metrics.num_samples, metrics.steps, ", trained ahead" if ahead else "",
+                 "own data" if shard is None else f"shard {shard}", metrics.loss, digest[:12],
+                 100 * use.fraction, use.wall_seconds)
+
+    async def _take_ahead(self, round_number: int, shard: int | None) -> AheadBlock | None:
+        """The block trained ahead, if it may be this round's update; else None, once an unusable
+        one has ended (the engine is busy until then)."""
+        ahead, self._ahead = self._ahead, None
+        if ahead is None:
+            return None
+        why = ahead.unusable_for(round_number, shard)
+        if why is None:
+            return ahead
+        self.overlap_counts["blocks_dropped"] += 1
+        log.info("round %d: not sending the block trained ahead (%s); training from the announced model",
+                 round_number, why)
+        with contextlib.suppress(PrimeError):
+            await ahead.task
+        return None
+
+    def _train_ahead(self, ann: RoundAnnouncement, shard: int | None, start: dict | None) -> None:
+        """With ``federated.overlap``, start the next block now: from ``start``, else from the current weights."""
+        fed, max_epochs = self.config.federated, self.config.training.max_epochs
+        if not fed.overlap or self._finished.is_set() or (ann.total_rounds and ann.round >= ann.total_rounds):
+            return
+        if max_epochs and self.engine.epochs_done >= max_epochs:
+            return
+        work = LocalWork.of(fed)
+
+        async def block() -> tuple[dict, TrainMetrics, float]:
+            started = time.perf_counter()
+            delta, metrics = await asyncio.to_thread(self.engine.train, start, work)
+            return delta, metrics, time.perf_counter() - started
+
+        self._ahead = AheadBlock(ann.round, shard, asyncio.create_task(block(), name=f"{self.node_id}:ahead"))
 
     async def local_update(self, ann: RoundAnnouncement, global_state: dict) -> tuple[dict, TrainMetrics]:
         """This round's local work: the delta to send and the metrics (sample count) to claim.
 
         The one seam where a subclass changes what a trainer sends (the attack harness in
-        ``benchmarks/byzantine.py`` does; honest nodes never override it). The round key names the
+        ``benchmarks/byzantine.py`` does; honest nodes never override it); a block trained ahead
+        (``federated.overlap``) does not pass through it. The round key names the
         round for ``training.reproducible_rounds`` (the shard the announcement assigns this key)."""
         shard = ann.shard_of(self.identity.public_key)  # None only if not selected: refused when reproducible
         key = RoundKey(self.config.job_id, ann.round, -1 if shard is None else shard)
         return await asyncio.to_thread(self.engine.train, global_state, LocalWork.of(self.config.federated),
                                        round_key=key)
+
+    def _decode_model(self, data: bytes | memoryview) -> dict:
+        """The announced model in the job's model codec, decoded (what this round trains from)."""
+        bound = 8 * sum(math.prod(shape) for shape in self.engine.shapes.values())  # float64 at most
+        return codecs.decode(data, max_bytes=self.config.network.max_message_size, max_decoded_bytes=bound,
+                             expect=self.model_codec)
+
+    def _encode_update(self, delta: dict) -> tuple[list, dict | None]:
+        """The update blob (pieces) in the job's update codec, and the error-feedback residual it leaves."""
+        compress = self.config.network.enable_compression
+        if self.feedback is not None:
+            return self.feedback.encode(delta, compress=compress)
+        return codecs.encode(self.update_codec, delta, compress=compress), None
 
     async def _model_bytes(self, ann: RoundAnnouncement, inline: bytes | None) -> bytes | memoryview:
         """The announced model: the inline copy if it is the signed one, else fetched by digest."""
@@ -468,3 +557,7 @@ class TrainerNode:
     async def _dht_put(self, name: str, value: dict, ttl: float, round_number: int) -> None:
         await self.peer.put_quietly(self.identity, name, value, ttl_s=ttl, what=f"round-{round_number} update",
                                     max_retries=self.config.fault_tolerance.max_retries)
+
+
+def _succeeded_or_running(task: asyncio.Task) -> bool:
+    return not task.done() or (not task.cancelled() and task.exception() is None)

@@ -23,6 +23,7 @@ class Command(IntEnum):
     STATE = 3  # gather model and optimizer state to rank 0 (checkpoint)
     LOAD = 4  # args: epoch, batch, steps_done (the state follows by broadcast)
     STOP = 5
+    TRAIN_ON = 6  # args: epochs, steps; train on from the current weights (federated.overlap)
 
 
 class RankChannel:

@@ -1,5 +1,8 @@
-"""A strategy's server state (FedAvgM's momentum) survives kill -9 of the coordinator and a standby
-takeover exactly once: the job ends on the very model an uninterrupted run ends on.
+"""A strategy's server state survives kill -9 of the coordinator and a standby takeover exactly
+once: the job ends on the very model an uninterrupted run ends on. Two strategies: FedAvgM's
+momentum, and DiLoCo's outer Nesterov momentum after a robust aggregator (a trimmed mean of 3
+that drops the highest and lowest value per coordinate), with AdamW inner steps whose state
+stays on each trainer.
 
 Every part of a round is deterministic here (the same initial weights, shards by admission
 order, batch order, scoring batch, and trainers that re-sign rather than retrain a round they
@@ -25,6 +28,16 @@ pytestmark = pytest.mark.slow
 ROUNDS = 8
 JOB = dict(federated={"aggregation": {"name": "fedavgm", "server_momentum": 0.9}, "min_clients": 3,
                       "round_timeout": 60.0})
+DILOCO = dict(federated={"aggregation": {"name": "fedtrimmedavg", "beta": 0.34, "outer": "diloco"},
+                         "local_steps": 8, "min_clients": 3, "round_timeout": 60.0},
+              training={"batch_size": 32, "learning_rate": 0.003, "optimizer": {"name": "adamw"}})
+#: (job, the strategy's label, the same job with a stateless server step: what a lost state amounts to)
+CASES = {
+    "fedavgm": (JOB, "fedavgm", {**JOB, "federated": {**JOB["federated"], "aggregation": {"name": "fedavg"}}}),
+    "diloco-trimmed": (DILOCO, "fedtrimmedavg+outer-sgd", {**DILOCO, "federated": {
+        **DILOCO["federated"], "aggregation": {"name": "fedtrimmedavg", "beta": 0.34,
+                                               "outer": {"momentum": 0.0, "nesterov": False}}}}),
+}
 
 
 def final_model(net: LocalNetwork, kill_after: int | None = None, standby: bool = False) -> dict:
@@ -55,18 +68,20 @@ def distance(a: dict, b: dict) -> float:
     return max(float((a[k] - b[k]).abs().max()) for k in a)
 
 
-def test_server_momentum_survives_a_coordinator_kill_and_a_standby_takeover(tmp_path):
-    clean = final_model(LocalNetwork(tmp_path / "clean", trainers=3, rounds=ROUNDS, local_epochs=2, **JOB))
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_server_momentum_survives_a_coordinator_kill_and_a_standby_takeover(tmp_path, case):
+    job, label, stateless = CASES[case]
+    network = lambda name, job: LocalNetwork(tmp_path / name, trainers=3, rounds=ROUNDS,  # noqa: E731
+                                              local_epochs=2, **job)
+    clean = final_model(network("clean", job))
 
-    restarted_net = LocalNetwork(tmp_path / "restart", trainers=3, rounds=ROUNDS, local_epochs=2, **JOB)
+    restarted_net = network("restart", job)
     assert distance(final_model(restarted_net, kill_after=2), clean) < 1e-5
-    assert "restored the fedavgm server state committed with round" in restarted_net.log_tail("coordinator", 400)
+    assert f"restored the {label} server state committed with round" in restarted_net.log_tail("coordinator", 400)
 
-    takeover_net = LocalNetwork(tmp_path / "takeover", trainers=3, rounds=ROUNDS, local_epochs=2, **JOB)
+    takeover_net = network("takeover", job)
     assert distance(final_model(takeover_net, kill_after=2, standby=True), clean) < 1e-5
-    assert "restored the fedavgm server state committed with round" in takeover_net.log_tail("standby", 400)
+    assert f"restored the {label} server state committed with round" in takeover_net.log_tail("standby", 400)
 
     # The check can fail: the same job without momentum (what a lost state amounts to) ends elsewhere.
-    plain = {**JOB, "federated": {**JOB["federated"], "aggregation": {"name": "fedavg"}}}
-    assert distance(final_model(LocalNetwork(tmp_path / "plain", trainers=3, rounds=ROUNDS, local_epochs=2,
-                                             **plain)), clean) > 1e-3
+    assert distance(final_model(network("plain", stateless)), clean) > 1e-3

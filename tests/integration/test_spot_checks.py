@@ -93,3 +93,26 @@ def test_verify_passes_honest_rounds_and_names_a_tampered_update(tmp_path, capsy
 
 def in_process(net: LocalNetwork, data_dir, *extra: str) -> int:
     return cli.main(["verify", "--config", str(net.config_path), "--data-dir", str(data_dir), *extra])
+
+
+def test_coordinator_spot_checks_refuse_a_poisoner_that_the_loss_score_lets_through(tmp_path):
+    """Live: with ``spot_check_rate = 1`` the coordinator recomputes every round. A label-flipping
+    trainer (real work on poisoned labels: not empty, not a copy, not harmful enough for the loss
+    gate) is refused as ``failed_spot_check``, penalized in the ledger and earns nothing, while the
+    honest trainers' rounds recompute and every round commits."""
+    from benchmarks.byzantine import run_cell
+
+    cell = run_cell(task="digits", strategy={"name": "fedtrimmedavg", "beta": 0.2}, attack="labelflip",
+                    trainers=4, attackers=1, rounds=3, round_timeout=20.0, workdir=tmp_path / "net",
+                    overrides={"training": {"reproducible_rounds": True},
+                               "verification": {"spot_check_rate": 1.0}})
+    assert cell["error"] is None and not cell["stalled"] and cell["rounds_committed"] == 3, cell
+    assert cell["refusals"].get("failed_spot_check", 0) >= 1, cell["refusals"]
+    assert set(cell["refusals"]) <= {"failed_spot_check"}, cell["refusals"]  # honest work always recomputes
+    assert cell["refused_attacker"] and cell["attacker_reward_share"] == 0.0, cell
+    db = sqlite3.connect(tmp_path / "net" / "coordinator" / "coordinator.sqlite")
+    try:
+        reasons = {row[0] for row in db.execute("SELECT reason FROM ledger WHERE kind='penalty'")}
+    finally:
+        db.close()
+    assert reasons == {"failed_spot_check"}, reasons

@@ -1,8 +1,9 @@
 """Aggregation strategies: pure functions of updates and server state, no sockets, no disk.
 
 Each strategy is an aggregator (the round's deltas → one aggregate delta) composed with
-a server optimizer (``optimizers.py``), one file per named strategy; ``dp.py`` wraps any
-of them in central DP; ``config.py`` holds their pydantic models and ``build_strategy``.
+a server optimizer (``optimizers.py``), one file per named strategy; ``outer.py`` puts an
+outer optimizer (DiLoCo's) after any aggregator that applies its aggregate as is; ``dp.py``
+wraps any of them in central DP; ``config.py`` holds their pydantic models and ``build_strategy``.
 """
 
 from prime.core.aggregation.base import (
@@ -33,6 +34,7 @@ from prime.core.aggregation.config import (
     FedYogiConfig,
     KrumConfig,
     MultiKrumConfig,
+    OuterConfig,
     build_strategy,
     check_min_clients,
     parse_aggregation,
@@ -49,6 +51,7 @@ from prime.core.aggregation.fedtrimmedavg import FedTrimmedAvg
 from prime.core.aggregation.fedyogi import FedYogi
 from prime.core.aggregation.krum import Krum, MultiKrum
 from prime.core.aggregation.optimizers import SGD, Adagrad, Adam, Yogi
+from prime.core.aggregation.outer import OuterOptimized
 
 __all__ = [
     "SGD", "Adagrad", "Adam", "Aggregate", "AggregationConfig", "Aggregator", "Bulyan", "BulyanConfig",
@@ -56,6 +59,6 @@ __all__ = [
     "DPConfig", "DPFixedClipping", "FedAdagrad", "FedAdagradConfig", "FedAdam", "FedAdamConfig", "FedAvg",
     "FedAvgConfig", "FedAvgM", "FedAvgMConfig", "FedMedian", "FedMedianConfig", "FedProx", "FedProxConfig",
     "FedTrimmedAvg", "FedTrimmedAvgConfig", "FedYogi", "FedYogiConfig", "Krum", "KrumConfig", "MultiKrum",
-    "MultiKrumConfig", "Requirement", "RoundResult", "ServerOptimizer", "StateDict", "Strategy", "Yogi",
+    "MultiKrumConfig", "OuterConfig", "OuterOptimized", "Requirement", "RoundResult", "ServerOptimizer", "StateDict", "Strategy", "Yogi",
     "build_strategy", "check_min_clients", "parse_aggregation", "proximal_mu",
 ]

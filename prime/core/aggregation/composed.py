@@ -84,9 +84,11 @@ class ComposedStrategy(Strategy):
         delta = contribution.delta
         if delta.keys() != self._global.keys():
             raise ValueError("update tensor names differ from the global model's")
+        shapes = getattr(delta, "shapes", None)  # an encoded update (prime.codecs) knows them without decoding
         for name, like in self._global.items():
-            if delta[name].shape != like.shape:
-                raise ValueError(f"update tensor {name!r} has shape {tuple(delta[name].shape)}, "
+            shape = shapes[name] if shapes is not None else delta[name].shape
+            if shape != like.shape:
+                raise ValueError(f"update tensor {name!r} has shape {tuple(shape)}, "
                                  f"the global model {tuple(like.shape)}")
         self.aggregator.add(contribution)
         self._added[key] = contribution.num_samples

@@ -1,8 +1,9 @@
 """Config models for the aggregation strategies: frozen pydantic v2, unknown keys refused.
 
 :data:`AggregationConfig` is a discriminated union on ``name``. Every model takes an
-optional ``dp`` sub-model (central DP around the strategy); the in-memory (robust) ones
-take ``max_updates``. :func:`build_strategy` makes the strategy a config describes;
+optional ``dp`` sub-model (central DP around the strategy) and, unless it has its own server
+optimizer, an optional ``outer`` one (an outer optimizer after the aggregator: DiLoCo); the
+in-memory (robust) ones take ``max_updates``. :func:`build_strategy` makes the strategy a config describes;
 :func:`check_min_clients` says, before a job starts, whether ``federated.min_clients``
 updates per round are enough for it.
 """
@@ -11,9 +12,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from enum import Enum
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, ClassVar, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator, model_validator
 
 from prime.core.aggregation.base import Strategy
 from prime.core.aggregation.bulyan import Bulyan
@@ -29,6 +30,8 @@ from prime.core.aggregation.fedprox import FedProx
 from prime.core.aggregation.fedtrimmedavg import FedTrimmedAvg
 from prime.core.aggregation.fedyogi import FedYogi
 from prime.core.aggregation.krum import Krum, MultiKrum
+from prime.core.aggregation.optimizers import SGD
+from prime.core.aggregation.outer import DILOCO_LEARNING_RATE, DILOCO_MOMENTUM, OuterOptimized
 
 Unit = Annotated[float, Field(ge=0.0, lt=1.0)]  # momentum, β₁, β₂
 Positive = Annotated[float, Field(gt=0.0)]
@@ -65,8 +68,50 @@ class DPConfig(_Model):
         return self
 
 
+class OuterConfig(_Model):
+    """The outer optimizer applied to the aggregate (written on Δ̄ = mean of local − global, i.e.
+    ``torch.optim.SGD`` on the pseudo-gradient −Δ̄). ``outer = "diloco"`` is DiLoCo's published one:
+    SGD, learning_rate 0.7, momentum 0.9, nesterov."""
+
+    name: Literal["sgd"] = "sgd"
+    learning_rate: Positive = DILOCO_LEARNING_RATE
+    momentum: Unit = DILOCO_MOMENTUM
+    nesterov: bool = True
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, data: Any) -> Any:
+        if data == "diloco":
+            return {"name": "sgd", "learning_rate": DILOCO_LEARNING_RATE, "momentum": DILOCO_MOMENTUM,
+                    "nesterov": True}
+        if isinstance(data, str):
+            raise ValueError(f"{data!r} is not a preset; write outer = \"diloco\" or an outer table "
+                             "([federated.aggregation.outer])")
+        return data
+
+    @model_validator(mode="after")
+    def _nesterov_needs_momentum(self) -> OuterConfig:
+        if self.nesterov and self.momentum == 0:
+            raise ValueError("outer.nesterov needs outer.momentum > 0")
+        return self
+
+
 class _Strategy(_Model):
+    #: Names the keys of the strategy's own server optimizer; such a strategy takes no ``outer``.
+    own_optimizer: ClassVar[str] = ""
     dp: DPConfig | None = None
+    outer: OuterConfig | None = None
+
+    @field_validator("outer")
+    @classmethod
+    def _no_second_optimizer(cls, outer: OuterConfig | None) -> OuterConfig | None:
+        if outer is not None and cls.own_optimizer:
+            name = cls.model_fields["name"].default
+            raise ValueError(
+                f"{name} already applies its own server optimizer ({cls.own_optimizer}); an outer optimizer "
+                f"goes after an aggregator that applies its aggregate as is: name = \"fedavg\" (or fedtrimmedavg, "
+                f"fedmedian, krum, multikrum, bulyan, centeredclip, fedprox) with outer = \"diloco\"")
+        return outer
 
 
 class FedAvgConfig(_Strategy):
@@ -79,6 +124,7 @@ class FedProxConfig(_Strategy):
 
 
 class FedAvgMConfig(_Strategy):
+    own_optimizer: ClassVar[str] = "server_learning_rate, server_momentum, nesterov"
     name: Literal["fedavgm"] = "fedavgm"
     server_learning_rate: Positive = 1.0
     server_momentum: Unit = 0.9
@@ -92,6 +138,7 @@ class FedAvgMConfig(_Strategy):
 
 
 class FedAdamConfig(_Strategy):
+    own_optimizer: ClassVar[str] = "eta, beta_1, beta_2, tau"
     name: Literal["fedadam"] = "fedadam"
     eta: Positive = 0.1
     beta_1: Unit = 0.9
@@ -101,6 +148,7 @@ class FedAdamConfig(_Strategy):
 
 
 class FedYogiConfig(_Strategy):
+    own_optimizer: ClassVar[str] = "eta, beta_1, beta_2, tau"
     name: Literal["fedyogi"] = "fedyogi"
     eta: Positive = 0.01
     beta_1: Unit = 0.9
@@ -109,6 +157,7 @@ class FedYogiConfig(_Strategy):
 
 
 class FedAdagradConfig(_Strategy):
+    own_optimizer: ClassVar[str] = "eta, beta_1, tau"
     name: Literal["fedadagrad"] = "fedadagrad"
     eta: Positive = 0.1
     beta_1: Unit = 0.0
@@ -210,6 +259,8 @@ def build_strategy(config: ConfigLike) -> Strategy:
     a strategy name, or the old ``AggregationStrategy.FEDAVG`` enum value."""
     c = parse_aggregation(config)
     strategy = _bare(c)
+    if c.outer is not None:
+        strategy = OuterOptimized(strategy, SGD(c.outer.learning_rate, c.outer.momentum, c.outer.nesterov))
     dp = c.dp
     if dp is None:
         return strategy

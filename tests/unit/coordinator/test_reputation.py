@@ -42,4 +42,4 @@ def test_falling_below_the_threshold_excludes_for_longer_each_time():
 
 
 def test_a_credited_round_with_a_refusal_does_not_recover():
-    assert next_standing(Standing(0.8), conduct("duplicate", credited=True), 3, CONFIG).score == pytest.approx(0.5)
+    assert next_standing(Standing(0.8), conduct("wrong_shard", credited=True), 3, CONFIG).score == pytest.approx(0.5)

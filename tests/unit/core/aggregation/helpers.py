@@ -26,6 +26,8 @@ from prime.core.aggregation import (
     FedYogi,
     Krum,
     MultiKrum,
+    OuterOptimized,
+    SGD,
     Strategy,
 )
 from prime.core.aggregation.dp import noise_generator
@@ -264,7 +266,19 @@ def dp_case(inner: str, **dp: object) -> Case:
                 base.optimizer, dict(dp))
 
 
-CASES = BASE_CASES + [
+def outer_case(inner: str, lr: float = 0.7, momentum: float = 0.9, nesterov: bool = True) -> Case:
+    """``inner``'s aggregator, then an outer SGD (DiLoCo's defaults)."""
+    base = _BY_ID[inner]
+    return Case(f"{inner}+outer", lambda: OuterOptimized(base.make(), SGD(lr, momentum, nesterov)), base.aggregate,
+                sgd(lr, momentum, nesterov))
+
+
+OUTER_CASES = [outer_case("fedavg"), outer_case("fedtrimmedavg"), outer_case("fedmedian"), outer_case("krum"),
+               outer_case("centeredclip"), outer_case("bulyan", 0.5, 0.5, False)]
+_BY_ID.update({c.id: c for c in OUTER_CASES})
+
+CASES = BASE_CASES + OUTER_CASES + [
+    dp_case("fedtrimmedavg+outer", clipping="fixed", clip_norm=1.5, noise_multiplier=0.3, seed=16),
     dp_case("fedavg", clipping="fixed", clip_norm=1.5, noise_multiplier=0.3, seed=11),
     dp_case("fedadam", clipping="fixed", clip_norm=1.5, noise_multiplier=0.3, seed=12),
     dp_case("fedmedian", clipping="fixed", clip_norm=1.5, noise_multiplier=0.3, seed=13),
