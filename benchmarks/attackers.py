@@ -51,16 +51,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 
 from prime.bus.client import BusClient  # noqa: E402
-from prime.console import run_main, setup_logging  # noqa: E402
+from prime.console import setup_logging  # noqa: E402
 from prime.core import parcel, tensors  # noqa: E402
-from prime.core.config import load_config  # noqa: E402
 from prime.core.datasets import Split  # noqa: E402
 from prime.core.errors import PrimeError  # noqa: E402
 from prime.core.net import parse_hostport  # noqa: E402
 from prime.core.records import RoundAnnouncement, UpdateRecord  # noqa: E402
 from prime.blobs.fetch import fetch_verified  # noqa: E402
 from prime.trainer import cli as trainer_cli  # noqa: E402
-from prime.trainer.distributed import close_process_group  # noqa: E402
 from prime.trainer.engine import LocalWork, TrainMetrics  # noqa: E402
 from prime.trainer.node import TrainerNode  # noqa: E402
 
@@ -364,28 +362,11 @@ def main(argv: list[str] | None = None) -> int:
     args = trainer_cli.parse_args(rest)
     setup_logging(args.log_level, f"{args.node_id}[{options.attack}]")
 
-    async def run(on_stop) -> int:
-        config = load_config(args.config)
-        node = await AttackerNode.create(
-            args.node_id, config, data_dir=args.data_dir or Path("prime-data") / args.node_id,
-            coordinators=args.coordinators, mqtt_url=args.mqtt_url, listen=args.listen,
-            start_round=args.round, data_partition=args.data_partition, data_path=args.data_path,
-            device=args.device,
-        )
+    def prepare(node: TrainerNode, config) -> dict:
         node.configure(options, args.mqtt_url or config.network.mqtt_url or "mqtt://127.0.0.1:1883")
-        on_stop(node.stop)
-        try:
-            await node.start_training()
-            summary = {**node.get_status(), **node.get_training_metrics(), "attack": options.attack}
-            print(json.dumps(summary), flush=True)
-        finally:
-            await node.close()
-        return 0
+        return {"attack": options.attack}
 
-    try:
-        return run_main(run)
-    finally:
-        close_process_group()
+    return trainer_cli.run_node(args, AttackerNode, prepare)
 
 
 if __name__ == "__main__":

@@ -10,10 +10,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from prime.console import LOG_LEVELS, hostport, hostport_list, run_main, setup_logging
-from prime.core.config import load_config
+from prime.core.config import JobConfig, load_config
 from prime.core.errors import PrimeError
 from prime.trainer.distributed import close_process_group, is_leader, leave_torchrun, resolve_device
 from prime.trainer.node import TrainerNode
@@ -64,21 +66,27 @@ def main(argv: list[str] | None = None) -> int:
     return leave_torchrun(run_node(args))
 
 
-def run_node(args: argparse.Namespace) -> int:
-    """Rank 0 (or the only process): the node itself."""
+def run_node(args: argparse.Namespace, node_class: type[TrainerNode] = TrainerNode,
+             prepare: Callable[[TrainerNode, JobConfig], dict[str, Any]] | None = None) -> int:
+    """Rank 0 (or the only process): the node itself, until the job ends.
+
+    ``node_class`` and ``prepare`` (called once the node exists; what it returns joins the final
+    summary line) let a harness run a modified node exactly as ``prime-trainer`` runs one
+    (``benchmarks/attackers.py``)."""
 
     async def run(on_stop) -> int:
         config = load_config(args.config)
-        node = await TrainerNode.create(
+        node = await node_class.create(
             args.node_id, config, data_dir=args.data_dir or Path("prime-data") / args.node_id,
             coordinators=args.coordinators, mqtt_url=args.mqtt_url, listen=args.listen,
             start_round=args.round, data_partition=args.data_partition, data_path=args.data_path,
             device=args.device,
         )
+        extra = prepare(node, config) if prepare else {}
         on_stop(node.stop)
         try:
             await node.start_training()
-            print(json.dumps({**node.get_status(), **node.get_training_metrics()}), flush=True)
+            print(json.dumps({**node.get_status(), **node.get_training_metrics(), **extra}), flush=True)
         finally:
             await node.close()
         return 0
