@@ -124,7 +124,7 @@ def run(args: argparse.Namespace, mbit: float, overlap: bool, workdir: Path) -> 
     try:
         cores = sorted(os.sched_getaffinity(0)) if args.pin else []
         net.start_infrastructure()
-        net.start_coordinator()
+        net.start_coordinator("--device", args.coordinator_device or args.device)
         if len(cores) >= 2:
             pin(net, ["broker", "dht", "coordinator"], {cores[0]})
         start_trainers(net, args.device)
@@ -154,6 +154,7 @@ def run(args: argparse.Namespace, mbit: float, overlap: bool, workdir: Path) -> 
     steady = [r for m in trainers for r in m.get("utilization", {}).get("rounds", []) if r["round"] >= 2]
     inner, spent = sum(r["inner_seconds"] for r in steady), sum(r["wall_seconds"] for r in steady)
     sent = [m.get("blob_server", {}).get("bytes_sent", 0) for m in trainers]
+    timings = [r.get("timings") or {} for r in status["rounds"][1:]] or [{}]
     return {
         "link_mbit": mbit, "overlap": overlap, "rounds": args.rounds,
         "utilization": inner / spent if spent else 0.0,
@@ -166,6 +167,9 @@ def run(args: argparse.Namespace, mbit: float, overlap: bool, workdir: Path) -> 
         "trainer_bytes_sent_per_round": sum(sent) / len(sent) / args.rounds if sent else 0,
         "coordinator_bytes_sent_per_round": coordinator.get("blob_server", {}).get("bytes_sent", 0) / args.rounds,
         "wall_seconds": wall,
+        # the coordinator's held-out forward passes per round (rounds 2..R), on --coordinator-device
+        "coordinator_scoring_s": sum(t.get("scoring_s", 0.0) for t in timings) / len(timings),
+        "coordinator_evaluate_s": sum(t.get("evaluate_s", 0.0) for t in timings) / len(timings),
     }
 
 
@@ -173,6 +177,8 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--preset", default="tiny", help="stdlib-lm preset (tiny, 125m, 350m, 1b)")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    p.add_argument("--coordinator-device", choices=("cpu", "cuda"),
+                   help="where the coordinator scores and evaluates (default: --device)")
     p.add_argument("--trainers", type=int, default=2)
     p.add_argument("--rounds", type=int, default=8)
     p.add_argument("--local-steps", type=int, default=20, help="H inner steps per round")
@@ -180,7 +186,7 @@ def main() -> int:
     p.add_argument("--batch-size", type=int, help="sequences per micro-batch (default: the demo's, 16)")
     p.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
     p.add_argument("--validation-sequences", type=int, default=128,
-                   help="held-out windows the coordinator evaluates and scores on (on its CPU)")
+                   help="held-out windows the coordinator evaluates and scores on (on --coordinator-device)")
     p.add_argument("--round-timeout", type=float, default=900.0)
     p.add_argument("--timeout", type=float, default=3600.0, help="seconds per run")
     p.add_argument("--pin", action=argparse.BooleanOptionalAction, default=None,
@@ -194,7 +200,8 @@ def main() -> int:
     args.pin = args.device == "cpu" if args.pin is None else args.pin
     if threads:  # the spawned processes inherit it: one intra-op thread each, so they do not oversubscribe
         os.environ["OMP_NUM_THREADS"] = str(threads)
-    print(f"overlap: stdlib-lm {args.preset} on {args.device}, {args.trainers} trainers, {args.rounds} rounds x "
+    print(f"overlap: stdlib-lm {args.preset} on {args.device} (coordinator on {args.coordinator_device or args.device}), "
+          f"{args.trainers} trainers, {args.rounds} rounds x "
           f"H = {args.local_steps}, aggregation {json.dumps(job(args, False)['federated']['aggregation'])}, OMP_NUM_THREADS "
           f"{os.environ.get('OMP_NUM_THREADS', 'unset')}, pinned {'yes' if args.pin else 'no'}, cores "
           f"{len(os.sched_getaffinity(0))}, load average {os.getloadavg()[0]:.2f}", flush=True)
@@ -211,8 +218,9 @@ def main() -> int:
             print(f"  {link:>10} {'on' if overlap else 'off':>7} {r['utilization']:>6.1%} "
                   f"{r['seconds_per_round']:>8.2f} {r['inner_seconds_per_round']:>8.2f} "
                   f"{r['final_metrics'].get('bits_per_byte', float('nan')):>9.4f} "
-                  f"{r['trainer_bytes_sent_per_round'] / 1e6:>19.3f} {r['wall_seconds']:>7.1f} {r['load_average']:>5.2f}",
-                  flush=True)
+                  f"{r['trainer_bytes_sent_per_round'] / 1e6:>19.3f} {r['wall_seconds']:>7.1f} {r['load_average']:>5.2f}"
+                  f"   (coordinator per round: scoring {r['coordinator_scoring_s']:.2f}s, "
+                  f"evaluation {r['coordinator_evaluate_s']:.2f}s)", flush=True)
     for mbit in links:
         off, on = (next(r for r in results if r["link_mbit"] == mbit and r["overlap"] is o) for o in (False, True))
         link = f"{mbit:.0f} Mbit/s" if mbit > 0 else "loopback"

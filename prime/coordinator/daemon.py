@@ -34,6 +34,7 @@ from prime.core.identity import Identity
 from prime.core.records import RoundAnnouncement, RoundCommitted, StandbyStatus
 from prime.dht.peer import Peer
 from prime.tasks import task_of
+from prime.coordinator.scoring import scoring_device
 from prime.telemetry import METRICS_FILE, MetricsFile
 
 log = logging.getLogger(__name__)
@@ -43,7 +44,8 @@ EMBEDDED_BROKER = ("127.0.0.1", 1883)
 
 class Coordinator:
     def __init__(self, config: JobConfig, identity: Identity, store: CoordinatorStore, peer: Peer,
-                 broker: EmbeddedBroker | None, mqtt_url: str, *, standby: bool = False, data_path=None) -> None:
+                 broker: EmbeddedBroker | None, mqtt_url: str, *, standby: bool = False, data_path=None,
+                 device: str = "cpu") -> None:
         self.config = config
         self.broker = broker
         topics = Topics(config.job_id)
@@ -60,7 +62,8 @@ class Coordinator:
                                             LivenessTracker(timeout_s=3 * net.heartbeat_interval), self._spawn)
         self.leadership = Leadership(store.path.parent, identity.public_key, peer.address_str, net.heartbeat_interval)
         self.intake = UpdateIntake(config, store, peer, self._spawn)
-        self.driver = RoundDriver(self.services, self.leadership, self.intake, task_of(config), data_path=data_path)
+        self.driver = RoundDriver(self.services, self.leadership, self.intake, task_of(config), data_path=data_path,
+                                  device=device)
         self.standby_flag = standby
         self._standby: StandbyRole | None = None
         self._takeover_term: int | None = None
@@ -73,7 +76,7 @@ class Coordinator:
     async def create(
         cls, config: JobConfig, *, data_dir: str | Path, listen: tuple[str, int] = ("127.0.0.1", 0),
         mqtt_url: str | None = None, bootstrap: list[tuple[str, int]] = (), standby: bool = False,
-        data_path: str | Path | None = None,
+        data_path: str | Path | None = None, device: str = "cpu",
     ) -> "Coordinator":
         if not config.admission.open and not config.admission.trainers:
             raise CoordinatorError(
@@ -88,6 +91,7 @@ class Coordinator:
                 f"{identity.public_key_hex[:16]}…; run with the matching --data-dir or fix coordinator_key"
             )
         task_of(config)  # an unknown task or a bad option fails here, before anything is opened
+        device = scoring_device(device)
         store = CoordinatorStore(data_dir / DB_NAME)
         store.bind_job(config.job_id, identity.public_key)
         broker = None
@@ -101,7 +105,7 @@ class Coordinator:
         )
         try:
             coordinator = cls(config, identity, store, peer, broker, url, standby=standby,
-                              data_path=Path(data_path) if data_path else None)
+                              data_path=Path(data_path) if data_path else None, device=device)
             await coordinator.services.bus.connect()
             await coordinator.driver.prepare()
         except BaseException:

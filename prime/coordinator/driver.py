@@ -26,6 +26,8 @@ import math
 import time
 from dataclasses import dataclass
 
+import torch
+
 from prime.coordinator.evaluation import evaluate
 from prime.coordinator.intake import UpdateIntake
 from prime.coordinator.leadership import Leadership
@@ -68,14 +70,15 @@ class Broadcast:
 
 class RoundDriver:
     def __init__(self, services: CoordinatorServices, leadership: Leadership, intake: UpdateIntake, task: Task,
-                 *, data_path=None) -> None:
+                 *, data_path=None, device: str = "cpu") -> None:
         self.s = services
         self.config = services.config
         self.leadership = leadership
         self.intake = intake
         self.task = task
         self.data_path = data_path
-        self.model = None  # the task's model (an evaluation copy, on CPU) and held-out data: prepare() loads them
+        self.device = torch.device(device)  # where held-out forward passes run (scoring, evaluation)
+        self.model = None  # the task's model (an evaluation copy, on self.device) and held-out data: prepare() loads them
         self.validation = None
         self.terms = job_terms(self.config, task.options_dict())
         self.terms_digest = terms_digest(self.terms)
@@ -105,7 +108,10 @@ class RoundDriver:
         seed = self.config.training.seed
         self.model, scoring_model, self.validation = await asyncio.to_thread(
             lambda: (self.task.build_model(seed), self.task.build_model(seed), self.task.load_validation(self.data_path)))
-        self.intake.scorer = ContributionScorer(self.task, scoring_model, self.validation, self.config.scoring)
+        genesis = self.model.state_dict()  # CPU tensors (the committed master), kept when the model moves
+        self.model = await asyncio.to_thread(self.model.to, self.device)
+        self.intake.scorer = ContributionScorer(self.task, scoring_model, self.validation, self.config.scoring,
+                                                device=self.device)
         if self.config.verification.spot_check_rate > 0:
             secret = self.s.identity.sign(b"prime/spot-check-secret\0" + self.config.job_id.encode())
             checker = SpotChecker(self.config, self.task, secret=secret, data_path=self.data_path)
@@ -121,7 +127,7 @@ class RoundDriver:
         self.s.store.bind_task(self.config.task.name, self.task.options_dict(), self.terms_digest)
         if self.s.store.latest_version() is None:
             compress = self.config.network.enable_compression
-            blob = await asyncio.to_thread(tensors.encode_state, self.model.state_dict(), compress=compress)
+            blob = await asyncio.to_thread(tensors.encode_state, genesis, compress=compress)
             digest = await asyncio.to_thread(blobs.put_bytes, blob)
             self.s.store.record_genesis(digest, len(blob), self.terms_digest)
 
@@ -326,10 +332,13 @@ class RoundDriver:
     async def _commit(self, collector: RoundCollector, seconds: float, attempts: int,
                       standings: dict[bytes, Standing], scoring_s: float) -> None:
         nbytes = state_bytes(self.intake.global_state)
+        clock = time.perf_counter()
         result = await run_sized(nbytes, collector.strategy.finish)
         new_state = result.state
+        aggregate_s, clock = time.perf_counter() - clock, time.perf_counter()
         parts = await run_sized(nbytes, tensors.encode_parts, new_state, compress=self.config.network.enable_compression)
         digest = await asyncio.to_thread(self.s.peer.blobs.put_parts, parts)
+        store_s = time.perf_counter() - clock
         size = tensors.parts_size(parts)
         inline = b"".join(parts) if self.config.network.rides_inline(size) else None
         self._last_model = (digest, new_state, inline)  # the next round starts from it: no read-back and decode
@@ -350,16 +359,18 @@ class RoundDriver:
         commit = RoundCommit(collector.round, digest, size, collector.accepted_updates(result.scores, scores), pool,
                              metrics, seconds, attempts, self.terms_digest, charges=self._charges(collector.conduct),
                              standings=new_standings, server_state_digest=state_digest,
-                             timings={"scoring_s": scoring_s, "evaluate_s": evaluate_s})
+                             timings={"scoring_s": scoring_s, "evaluate_s": evaluate_s, "aggregate_s": aggregate_s,
+                                      "store_model_s": store_s})
         try:
             version = self.s.store.commit_round(commit, self.s.identity)  # on the loop: one SQLite connection
         except BaseException:
             await self._restore_server_state()  # finish() advanced it; the commit did not happen
             raise
         shown = ", ".join(f"{k} {metrics[k]:.4f}" for k in self.task.metrics if k in metrics)
-        log.info("round %d committed as v%d: %d updates (%d dropped by %s), %s, %.2fs (scoring %.3fs)",
-                 collector.round, version, len(commit.updates), len(result.dropped),
-                 self.config.federated.aggregation.name, shown, seconds, scoring_s)
+        log.info("round %d committed as v%d: %d updates (%d dropped by %s), %s, %.2fs (aggregate %.2fs, store "
+                 "model %.2fs, evaluate %.2fs, scoring %.2fs)", collector.round, version, len(commit.updates),
+                 len(result.dropped), self.config.federated.aggregation.name, shown, seconds, aggregate_s, store_s,
+                 evaluate_s, scoring_s)
         checkpoint = await self._checkpoint(collector.round, digest, state_digest)
         committed = RoundCommitted(
             job_id=self.config.job_id, term=self.leadership.term, round=collector.round, model_version=version,

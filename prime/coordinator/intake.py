@@ -114,6 +114,7 @@ class UpdateIntake:
 
     async def receive(self, payload: bytes, *, via: str, inline: bytes | None = None) -> None:
         current = self.collector
+        received = time.perf_counter()
         try:
             record, env = UpdateRecord.open(payload)
         except SignatureError as exc:
@@ -135,7 +136,7 @@ class UpdateIntake:
         except UpdateRejected as rejection:
             return self._reject(record.round, signer, record.node_name, rejection)
         try:
-            contribution, score, sketch, source = await self._judge(record, signer, inline, current)
+            contribution, score, sketch, source, verify_s = await self._judge(record, signer, inline, current)
             async with self.lock:
                 if current is not self.collector:
                     return  # the round closed while we verified
@@ -151,16 +152,20 @@ class UpdateIntake:
                 self.store.add_pending(record.round, signer, payload)
                 self.accepted += 1
                 self.blob_sources[source] += 1
-            log.info("round %d: accepted %s (%d samples claimed, weight %d, score %+.4g, via %s)", record.round,
-                     record.node_name, record.num_samples, contribution.num_samples, score, via)
+            log.info("round %d: accepted %s (%d samples claimed, weight %d, score %+.4g, via %s) in %.2fs "
+                     "(fetch and verify %.2fs)", record.round, record.node_name, record.num_samples,
+                     contribution.num_samples, score, via, time.perf_counter() - received, verify_s)
         except UpdateRejected as rejection:
             current.release(signer)
             self._reject(record.round, signer, record.node_name, rejection)
 
     async def _judge(self, record: UpdateRecord, signer: bytes, inline: bytes | None,
-                     current: RoundCollector) -> tuple[Contribution, float, object, str]:
-        """Checked tensors, then what they are worth: (contribution, measured score, sketch, blob source)."""
+                     current: RoundCollector) -> tuple[Contribution, float, object, str, float]:
+        """Checked tensors, then what they are worth: (contribution, measured score, sketch, blob source,
+        seconds to fetch and verify the blob)."""
+        started = time.perf_counter()
         delta, source = await self._verify_blob(record, inline, streaming=current.strategy.streaming)
+        verify_s = time.perf_counter() - started
         size = record.blob_size
         if await run_sized(size, is_empty, delta):
             raise UpdateRejected(Refusal.EMPTY_UPDATE, "every value of the update is zero")
@@ -182,7 +187,7 @@ class UpdateIntake:
         cap = current.claim_caps.get(signer)
         if cap:  # a claim weighs no more than the work the round asked for
             weight = min(weight, cap)
-        return Contribution(signer, delta, max(weight, 1)), score, sketch, source
+        return Contribution(signer, delta, max(weight, 1)), score, sketch, source, verify_s
 
     def _already_committed(self, record: UpdateRecord, signer: bytes) -> bool:
         """True for a harmless late copy of the round just committed; raise for a replay or duplicate."""

@@ -18,7 +18,9 @@ model's loss on it. Two measurements, both on that batch:
 The running weighted sum is the only copy of the round's updates the scorer keeps; the
 leave-one-out pass reads each update back from the blob store. Scoring runs in worker
 threads, one evaluation at a time (the scoring model is shared), and its seconds are
-counted per round.
+counted per round. With ``prime-coordinator --device cuda`` the scoring model, the batch, the
+round's global state and the running sum live on the GPU, so the forward passes and the
+"apply at a share" arithmetic of a large model do not hold up the round on the CPU.
 """
 
 from __future__ import annotations
@@ -33,17 +35,32 @@ from torch import nn
 
 from prime.core.config import ScoringConfig
 from prime.core.datasets import Split
-from prime.core.errors import UpdateRejected
+from prime.core.errors import CoordinatorError, UpdateRejected
 from prime.core.refusals import Refusal
 from prime.tasks.spec import Task
 
 StateDict = dict[str, torch.Tensor]
 
 
+def scoring_device(name: str) -> str:
+    """Check a coordinator ``--device`` (cpu, cuda, cuda:N) before anything is opened."""
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise CoordinatorError(f"--device {name!r}: {exc}; use cpu, cuda or cuda:N") from None
+    if device.type not in ("cpu", "cuda"):
+        raise CoordinatorError(f"--device {name!r}: use cpu, cuda or cuda:N")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise CoordinatorError(f"--device {name}: no CUDA device is available here (torch.cuda.is_available() is False)")
+    return name
+
+
 class ContributionScorer:
-    def __init__(self, task: Task, model: nn.Module, validation: Split, config: ScoringConfig) -> None:
+    def __init__(self, task: Task, model: nn.Module, validation: Split, config: ScoringConfig,
+                 device: torch.device | str = "cpu") -> None:
         self.task = task
-        self.model = model.eval()
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
         self.validation = validation
         self.config = config
         self._lock = threading.Lock()
@@ -62,8 +79,8 @@ class ContributionScorer:
         index = torch.randperm(n, generator=torch.Generator().manual_seed(round_number))[:k].sort().values
         with self._lock:
             started = time.perf_counter()
-            self._batch = (self.validation.x[index], self.validation.y[index])
-            self._global, self._share = global_state, share
+            self._batch = (self.validation.x[index].to(self.device), self.validation.y[index].to(self.device))
+            self._global, self._share = self._here(global_state), share
             self._sum, self._weight = {}, 0.0
             self.base_loss = self._loss(global_state)
             self.seconds = time.perf_counter() - started
@@ -74,8 +91,12 @@ class ContributionScorer:
         x, y = self._batch
         return float(self.task.loss(self.model, x, y))
 
+    def _here(self, state: StateDict) -> StateDict:
+        """``state`` on the scoring device (the same tensors on the CPU)."""
+        return {k: v.to(self.device, non_blocking=True) for k, v in state.items()}
+
     def _applied(self, step: dict[str, torch.Tensor], scale: float) -> StateDict:
-        return {k: v + step[k].to(v.dtype) * scale for k, v in self._global.items()}
+        return {k: v + step[k].to(self.device, v.dtype) * scale for k, v in self._global.items()}
 
     def gate(self, delta: StateDict) -> float:
         """The held-out loss improvement of the update at its share; raises ``UpdateRejected`` if
@@ -98,10 +119,10 @@ class ContributionScorer:
         with self._lock:
             started = time.perf_counter()
             if not self._sum:
-                self._sum = {k: torch.mul(v.to(torch.float32), weight) for k, v in delta.items()}
+                self._sum = {k: torch.mul(v.to(self.device, torch.float32), weight) for k, v in delta.items()}
             else:
                 for k, acc in self._sum.items():
-                    acc.add_(delta[k].to(torch.float32), alpha=weight)
+                    acc.add_(delta[k].to(self.device, torch.float32), alpha=weight)
             self._weight += weight
             self.seconds += time.perf_counter() - started
 
@@ -119,7 +140,7 @@ class ContributionScorer:
                 if rest <= 0:  # the only update: without it the round changes nothing
                     without = self.base_loss
                 else:
-                    step = {k: (acc - delta[k].to(torch.float32) * w) for k, acc in total.items()}
+                    step = {k: (acc - delta[k].to(self.device, torch.float32) * w) for k, acc in total.items()}
                     without = self._loss(self._applied(step, 1.0 / rest))
                 score = without - with_all
                 scores[key] = score if math.isfinite(score) else 0.0

@@ -416,8 +416,11 @@ class TrainerNode:
             ahead = await self._take_ahead(ann.round, shard)
             if shard is not None and ahead is None:
                 await asyncio.to_thread(self.engine.use_shard, shard, ann.num_shards)
+            clock = time.perf_counter()
             model_bytes = await self._model_bytes(ann, inline)  # fetched while a block trained ahead runs on
+            fetch_s, clock = time.perf_counter() - clock, time.perf_counter()
             global_state = await run_sized(len(model_bytes), self._decode_model, model_bytes)
+            decode_s = time.perf_counter() - clock
             if ahead is None:
                 train_started = time.perf_counter()
                 delta, metrics = await self.local_update(ann, global_state)
@@ -426,13 +429,22 @@ class TrainerNode:
             else:  # the block's progress is this round's update; the next block starts from global + progress
                 delta, metrics, train_seconds = await ahead.task
                 next_start = await run_sized(state_bytes(delta), rebased, global_state, delta)
+            # Overlapped and no checkpoint due (it must see the engine between blocks): the next block
+            # starts now, and this update is encoded, stored and published while it trains.
+            early = self.config.federated.overlap and not self._checkpoint_due(self.rounds_trained + 1)
+            if early:
+                self._train_ahead(ann, shard, next_start)
+            clock = time.perf_counter()
             parts, residual = await run_sized(state_bytes(delta), self._encode_update, delta)
             digest = await asyncio.to_thread(self.peer.blobs.put_parts, parts)
             size = tensors.parts_size(parts)
+            encode_s = time.perf_counter() - clock
         except PrimeError as exc:
             self.dropped["abandoned_round"] = self.dropped.get("abandoned_round", 0) + 1
             log.error("round %d abandoned: %s", ann.round, exc)
-            if ahead is not None and self._ahead is None and _succeeded_or_running(ahead.task):
+            if early and self._ahead is not None:  # it followed an update that was never sent
+                self._ahead.void = f"round {ann.round}'s update it followed was not sent"
+            elif ahead is not None and self._ahead is None and _succeeded_or_running(ahead.task):
                 self._ahead = ahead  # still this round's, should it be announced again
             return
         finally:
@@ -463,15 +475,21 @@ class TrainerNode:
             self.feedback.adopt(residual)
         self.overlap_counts["blocks_sent"] += ahead is not None
         use = self.utilization.submitted(ann.round, metrics.seconds, began, time.monotonic(), ahead is not None)
-        if self.rounds_trained % self.config.fault_tolerance.checkpoint_interval == 0:
-            # Between blocks, so model and optimizer are consistent; a node restored from it drops
-            # the overlap for one round (it trains round r+1 from the announced model).
-            await self.save_checkpoint(f"{AUTO_PREFIX}{ann.round:06d}")
-        self._train_ahead(ann, shard, next_start)
+        if not early:
+            if self._checkpoint_due(self.rounds_trained):
+                # Between blocks, so model and optimizer are consistent; a node restored from it drops
+                # the overlap for one round (it trains round r+1 from the announced model).
+                await self.save_checkpoint(f"{AUTO_PREFIX}{ann.round:06d}")
+            self._train_ahead(ann, shard, next_start)
         log.info("round %d: trained %d samples (%d steps%s) on %s, loss %.4f, update %s…, %.0f%% of %.2fs in "
-                 "inner steps", ann.round, metrics.num_samples, metrics.steps, ", trained ahead" if ahead else "",
+                 "inner steps (model fetch %.2fs, decode %.2fs, train %.2fs, encode and store %.2fs)", ann.round,
+                 metrics.num_samples, metrics.steps, ", trained ahead" if ahead else "",
                  "own data" if shard is None else f"shard {shard}", metrics.loss, digest[:12],
-                 100 * use.fraction, use.wall_seconds)
+                 100 * use.fraction, use.wall_seconds, fetch_s, decode_s, train_seconds, encode_s)
+
+    def _checkpoint_due(self, rounds_trained: int) -> bool:
+        """Whether a checkpoint is taken once ``rounds_trained`` rounds are trained."""
+        return rounds_trained % self.config.fault_tolerance.checkpoint_interval == 0
 
     async def _take_ahead(self, round_number: int, shard: int | None) -> AheadBlock | None:
         """The block trained ahead, if it may be this round's update; else None, once an unusable

@@ -45,9 +45,13 @@ class AheadBlock:
     after_round: int
     shard: int | None
     task: asyncio.Task
+    #: Set when the block may not be sent at all (it followed an update that never left).
+    void: str | None = None
 
     def unusable_for(self, round_number: int, shard: int | None) -> str | None:
         """Why this block cannot be round ``round_number``'s update on ``shard`` (None: it can)."""
+        if self.void:
+            return self.void
         if round_number != self.after_round + 1:
             return f"it followed round {self.after_round}, this is round {round_number}"
         if shard != self.shard:

@@ -106,3 +106,35 @@ def test_copies_exact_and_near_are_refused_honest_ones_are_not(honest):
     with pytest.raises(UpdateRejected, match="cosine similarity"):
         copies.check(b"b", "d3", copies.sketch(near))
     assert is_empty({k: torch.zeros_like(v) for k, v in delta.items()}) and not is_empty(delta)
+
+
+def test_a_bad_coordinator_device_is_refused_before_anything_opens():
+    from prime.coordinator.scoring import scoring_device
+    from prime.core.errors import CoordinatorError
+
+    assert scoring_device("cpu") == "cpu"
+    with pytest.raises(CoordinatorError, match="use cpu, cuda or cuda:N"):
+        scoring_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(CoordinatorError, match="no CUDA device"):
+            scoring_device("cuda")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (run on the GPU machine)")
+def test_scoring_on_the_gpu_gives_the_cpu_scores(round_of_four):
+    """``prime-coordinator --device cuda``: the same gate and leave-one-out scores as on the CPU."""
+    start, deltas = round_of_four
+    results = []
+    for device in ("cpu", "cuda"):
+        s = ContributionScorer(TASK, TASK.build_model(0), TASK.load_validation(), ScoringConfig(batch_samples=256),
+                               device=device)
+        s.begin_round(1, start, share=0.25)
+        gates = [s.gate(d) for d in deltas]
+        for d in deltas:
+            s.add(d, 1.0)
+        marginal = s.marginal((bytes([i]), 1.0, d) for i, d in enumerate(deltas))
+        results.append((s.base_loss, gates, [marginal[bytes([i])] for i in range(4)]))
+    (base_cpu, gates_cpu, loo_cpu), (base_gpu, gates_gpu, loo_gpu) = results
+    assert base_gpu == pytest.approx(base_cpu, rel=1e-4)
+    assert gates_gpu == pytest.approx(gates_cpu, rel=1e-3, abs=1e-5)
+    assert loo_gpu == pytest.approx(loo_cpu, rel=1e-3, abs=1e-5)
