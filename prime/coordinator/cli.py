@@ -67,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
                         "(copy the primary's node.key into this --data-dir)")
     p.add_argument("--data-path", type=Path, help="data directory or file, for tasks that read files "
                                                    "(the held-out validation set comes from it)")
+    p.add_argument("--manifest", type=Path, help="the job manifest (prime manifest build): its digest is signed into "
+                                                  "every announcement, and trainers whose data differs do not train")
     p.add_argument("--log-level", choices=LOG_LEVELS, default="info")
     args = p.parse_args(argv)
     setup_logging(args.log_level, "standby" if args.standby else "coordinator")
@@ -75,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         config = load_config(args.config)
         coordinator = await Coordinator.create(
             config, data_dir=args.data_dir, listen=args.listen, mqtt_url=args.mqtt_url, bootstrap=args.bootstrap,
-            standby=args.standby, data_path=args.data_path,
+            standby=args.standby, data_path=args.data_path, manifest=args.manifest,
         )
         on_stop(coordinator.stop)
         try:
