@@ -39,8 +39,8 @@ def format_lines(status: dict[str, Any]) -> list[str]:
                      f"{manifest['shards']} shards, task {manifest['task']['entry_point']}, prime "
                      f"{manifest['prime_version']}" + (f", on {manifest['compute_target']}" if manifest['compute_target'] else ""))
     budget = status.get("budget")
-    if not budget:
-        return lines
+    if not budget or not (budget["limits"] or budget.get("stopped")):
+        return lines  # a job without limits: nothing to show
     spent = budget["spent"]
     lines.append(f"budget: spent {spent['wall_seconds']:.1f} s wall, {spent['rounds']:.0f} rounds, "
                  f"{spent['device_hours']:.4f} device-hours, cost {spent['cost']:.4f}")

@@ -113,7 +113,7 @@ def capped_device_seconds(claimed: float | None, devices: int, round_wall_second
     ceiling = max(0.0, round_wall_seconds) * max(1, devices)
     if claimed is None or not math.isfinite(claimed):
         return ceiling, False
-    return (ceiling, True) if claimed > ceiling else (claimed, False)
+    return (ceiling, True) if claimed > ceiling else (max(0.0, claimed), False)
 
 
 def round_spend(updates: list[UpdateSpend], wall_seconds: float, config: BudgetConfig) -> Spend:
