@@ -63,6 +63,17 @@ class BudgetKeeper:
         budget_store.bind_limits(store.db, self.config)
         self.stopped = None  # a raised limit lets a stopped job go on
 
+    def resume(self) -> None:
+        """Before leading rounds (a start, or a standby's takeover of a mirrored database): a budget
+        already reached keeps the job stopped, with the reason committed when it stopped."""
+        done = reached(self.config, self.spent())
+        if not done:
+            self.stopped = None
+            return
+        self.stopped = budget_store.read_meta(self.s.store.db, budget_store.STOPPED_KEY) or {
+            "reason": "budget", "limit": done[0][0], "spent": done[0][1], "limit_value": done[0][2],
+            "round": self.s.store.last_committed_round(), "detail": "; ".join(describe(*d) for d in done)}
+
     def spent(self) -> Spend:
         return budget_store.total_spend(self.s.store.db)
 

@@ -172,6 +172,7 @@ class RoundDriver:
     async def run(self) -> None:
         """Lead rounds until the job's last one is committed (forever if ``rounds`` is 0)."""
         await self._restore_server_state()
+        self.budget.resume()
         total = self.config.federated.rounds
         round_number = self.s.store.last_committed_round() + 1
         if round_number > 1:

@@ -92,3 +92,16 @@ def test_updates_above_the_memory_limit_are_refused():
         with pytest.raises(UpdateRejected, match=why) as caught:
             check_record(record, b"k" * 32, open_config, ann, 3.0)
         assert caught.value.reason == "over_memory_budget"
+
+
+def test_a_leader_of_a_database_whose_budget_is_reached_stays_stopped(store, coord, trainers, make_commit):
+    k = keeper(store, coord, trainers, {"rounds": 1})
+    spend, detail, stop = k.settle(collector(1, trainers[:1]), wall_seconds=5.0)
+    store.commit_round(make_commit(1, spend=spend, spend_detail=detail, stop=stop), coord)
+    taking_over = keeper(store, coord, trainers, {"rounds": 1})  # e.g. a standby with the mirrored database
+    taking_over.stopped = None
+    taking_over.resume()
+    assert taking_over.stopped["round"] == 1 and taking_over.stopped["limit"] == "rounds"
+    raised = keeper(store, coord, trainers, {"rounds": 2})
+    raised.resume()
+    assert raised.stopped is None
