@@ -107,7 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     add_arguments(v)
     v.set_defaults(func=verify)
 
-    m = sub.add_parser("manifest", help="build a job manifest (data, task source, seed, versions) or check data against one")
+    m = sub.add_parser("manifest", help="build a job manifest (data, task source, seed, versions) or check data "
+                                        "against one")
     from prime.manifest_cli import add_arguments as add_manifest_arguments
 
     add_manifest_arguments(m)

@@ -21,7 +21,8 @@ def collect(db: sqlite3.Connection) -> dict[str, Any]:
               "memory_bytes_per_trainer": float(spent.peak_memory_bytes)}
     return {
         "budget": {
-            "limits": {name: {"spent": values[name], "limit": limit} for name, limit in limits.items() if name in values},
+            "limits": {name: {"spent": values[name], "limit": limit}
+                       for name, limit in limits.items() if name in values},
             "spent": values,
             "notify_at": recorded.get("notify_at"),
             "rounds": budget_store.per_round(db),
@@ -35,9 +36,10 @@ def format_lines(status: dict[str, Any]) -> list[str]:
     lines = []
     manifest = status.get("manifest")
     if manifest:
-        lines.append(f"manifest {manifest['digest'][:16]}…: {manifest['dataset']['name']} {manifest['dataset']['version']}, "
+        dataset, target = manifest["dataset"], manifest["compute_target"]
+        lines.append(f"manifest {manifest['digest'][:16]}…: {dataset['name']} {dataset['version']}, "
                      f"{manifest['shards']} shards, task {manifest['task']['entry_point']}, prime "
-                     f"{manifest['prime_version']}" + (f", on {manifest['compute_target']}" if manifest['compute_target'] else ""))
+                     f"{manifest['prime_version']}" + (f", on {target}" if target else ""))
     budget = status.get("budget")
     if not budget or not (budget["limits"] or budget.get("stopped")):
         return lines  # a job without limits: nothing to show

@@ -38,7 +38,8 @@ def write_round(cur: sqlite3.Cursor, round_number: int, spend: Spend, updates: d
                 (round_number, spend.wall_seconds, spend.device_seconds, spend.cost, spend.peak_memory_bytes,
                  json.dumps(updates, sort_keys=True)))
     if stop is not None:
-        cur.execute("INSERT OR REPLACE INTO meta(key, value) VALUES(?, ?)", (STOPPED_KEY, json.dumps(stop, sort_keys=True)))
+        cur.execute("INSERT OR REPLACE INTO meta(key, value) VALUES(?, ?)",
+                    (STOPPED_KEY, json.dumps(stop, sort_keys=True)))
 
 
 def _has_table(db: sqlite3.Connection) -> bool:
