@@ -35,7 +35,7 @@ from prime.core.errors import CoordinatorError, DecodeError
 from prime.core.identity import Identity
 from prime.core.records import RoundAnnouncement, RoundCommitted, StandbyStatus
 from prime.dht.peer import Peer
-from prime.manifest_cli import load_manifest
+from prime.manifests import load_manifest
 from prime.tasks import task_of
 from prime.telemetry import METRICS_FILE, MetricsFile
 

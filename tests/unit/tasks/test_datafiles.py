@@ -13,7 +13,7 @@ import pytest
 from prime.core.config import dump_toml, parse_config
 from prime.core.errors import ConfigError, TaskError
 from prime.core.manifest import data_differences
-from prime.manifest_cli import build_manifest, load_manifest
+from prime.manifests import build_manifest, load_manifest
 from prime.cli import main as prime_main
 from prime.tasks import Shard, task_of
 from prime.tasks.datafiles import shard_digests, task_source
