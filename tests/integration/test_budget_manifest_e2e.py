@@ -152,7 +152,7 @@ def test_a_trainer_whose_data_is_not_the_manifests_names_the_file_and_does_not_t
 
     net = LocalNetwork(workdir, trainers=3, rounds=2, local_epochs=1,
                        task={"name": "my_pkg.tasks:spec", "options": {"features": 4}},
-                       federated={"min_clients": 2, "round_timeout": 4.0})
+                       federated={"min_clients": 2, "round_timeout": 3.0})
     manifest = workdir / "manifest.json"
     sys.path.insert(0, str(workdir))  # the user's task must import here too, as in the network's processes
     try:

@@ -26,7 +26,7 @@ GOOD = {"format": 1, "job_id": "j", "dataset": {"name": "d", "version": "1"}, "s
         "task": {"entry_point": "digits", "source_digest": "cd" * 32, "source_file": "prime/tasks/digits.py"}}
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=60, deadline=None)
 @given(st.binary(max_size=400))
 def test_random_bytes_into_the_manifest_decoder(data):
     try:
@@ -50,7 +50,7 @@ def manifest_like(draw) -> bytes:
     return json.dumps(doc).encode()
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(manifest_like())
 def test_manifest_shaped_input_decodes_strictly_or_not_at_all(data):
     try:
@@ -66,7 +66,7 @@ BASE_UPDATE = dict(job_id="j", term=1, round=1, model_version=0, node_name="n", 
 NEW_FIELDS = ("device_seconds", "devices", "device_kind", "peak_memory_bytes")
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(st.dictionaries(st.sampled_from(NEW_FIELDS),
                        st.one_of(json_values, st.floats(), st.integers(-(2**63), 2**64 - 1), st.binary(max_size=8)),
                        max_size=4))
@@ -87,7 +87,7 @@ BASE_NOTICE = dict(job_id="j", term=1, round=1, event="threshold", limit_name="r
                    issued=1.0, expires=2.0)
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=60, deadline=None)
 @given(st.dictionaries(st.sampled_from(sorted(BASE_NOTICE)), json_values, max_size=3),
        st.sampled_from([Domain.BUDGET, Domain.UPDATE]))
 def test_budget_notices_decode_strictly(fields, domain):
@@ -99,14 +99,14 @@ def test_budget_notices_decode_strictly(fields, domain):
     assert domain == Domain.BUDGET and notice.event in ("threshold", "stop")
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(st.one_of(st.none(), st.floats(allow_nan=True)), st.integers(1, 64), st.floats(0, 1e6))
 def test_counted_device_time_never_exceeds_the_round_on_its_devices(claimed, devices, wall):
     counted, _ = capped_device_seconds(claimed, devices, wall)
     assert 0 <= counted <= wall * devices
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=60, deadline=None)
 @given(st.lists(st.floats(0, 50), min_size=1, max_size=30), st.floats(1, 500), st.floats(0.05, 1.0))
 def test_each_limit_crosses_its_threshold_at_most_once(steps, limit, notify_at):
     config = BudgetConfig(wall_seconds=limit, notify_at=notify_at)
