@@ -21,8 +21,7 @@ def collect(db: sqlite3.Connection) -> dict[str, Any]:
               "memory_bytes_per_trainer": float(spent.peak_memory_bytes)}
     return {
         "budget": {
-            "limits": {name: {"spent": values[name], "limit": limit}
-                       for name, limit in limits.items() if name in values},
+            "limits": {name: {"spent": values[name], "limit": limits[name]} for name in values if name in limits},
             "spent": values,
             "notify_at": recorded.get("notify_at"),
             "rounds": budget_store.per_round(db),
