@@ -77,7 +77,7 @@ class NoticeListener:
 def test_a_round_budget_stops_the_job_gracefully_and_a_spent_budget_refuses_to_start(tmp_path):
     net = LocalNetwork(tmp_path / "net", trainers=2, rounds=4, local_epochs=1,
                        budget={"rounds": 2, "notify_at": 0.5, "device_hours": 10.0, "cost": 100.0,
-                               "prices": {"cpu": 2.0}})
+                               "memory_bytes_per_trainer": 1 << 40, "prices": {"cpu": 2.0}})
     listener = None
     try:
         net.start_infrastructure()
@@ -111,6 +111,8 @@ def test_a_round_budget_stops_the_job_gracefully_and_a_spent_budget_refuses_to_s
     assert device_s > 0 and budget["spent"]["cost"] == pytest.approx(device_s / 3600 * 2.0)
     kinds = {u["device_kind"] for r in budget["rounds"] for u in r["updates"].values()}
     assert kinds == {"cpu"}
+    peak = budget["limits"]["memory_bytes_per_trainer"]["spent"]  # reported, signed, and under the limit
+    assert 0 < peak < 1 << 40 and status["rejected_updates"] == []
     shown = format_status(status)
     assert "stopped by its budget after round 2: rounds 2 of 2 (100%)" in shown, shown
     assert "device_hours" in shown and "cost" in shown
