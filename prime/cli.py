@@ -1,4 +1,4 @@
-"""``prime``: the umbrella command — ``demo``, ``keygen``, ``broker``, ``dht-node``, ``verify``."""
+"""``prime``: the umbrella command — ``demo``, ``keygen``, ``broker``, ``dht-node``, ``verify``, ``manifest``."""
 
 from __future__ import annotations
 
@@ -65,6 +65,12 @@ def verify(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def manifest(args: argparse.Namespace) -> int:
+    from prime.manifest_cli import run
+
+    return run(args)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="prime", description="prime: verifiable federated training.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -100,6 +106,13 @@ def main(argv: list[str] | None = None) -> int:
 
     add_arguments(v)
     v.set_defaults(func=verify)
+
+    m = sub.add_parser("manifest", help="build a job manifest (data, task source, seed, versions) or check data "
+                                        "against one")
+    from prime.manifest_cli import add_arguments as add_manifest_arguments
+
+    add_manifest_arguments(m)
+    m.set_defaults(func=manifest)
 
     args = p.parse_args(argv)
     return args.func(args)

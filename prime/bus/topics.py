@@ -80,6 +80,11 @@ class Topics:
         """Standby coordinators' replication acks (not retained)."""
         return f"{self.prefix}/standby"
 
+    @property
+    def budget(self) -> str:
+        """Budget events: a limit crossed its notification threshold, or stopped the job (not retained)."""
+        return f"{self.prefix}/budget"
+
     def liveness(self, network_id: str) -> str:
         """One node's heartbeats and its Last Will."""
         return f"{self.prefix}/liveness/{validate_id(network_id, 'network id')}"

@@ -70,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cpu",
                    help="where the coordinator scores and evaluates updates: cpu (default), cuda or cuda:N "
                         "(large models: the held-out forward passes are most of a round's coordinator work)")
+    p.add_argument("--manifest", type=Path, help="the job manifest (prime manifest build): its digest is signed into "
+                                                  "every announcement, and trainers whose data differs do not train")
     p.add_argument("--log-level", choices=LOG_LEVELS, default="info")
     args = p.parse_args(argv)
     setup_logging(args.log_level, "standby" if args.standby else "coordinator")
@@ -78,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         config = load_config(args.config)
         coordinator = await Coordinator.create(
             config, data_dir=args.data_dir, listen=args.listen, mqtt_url=args.mqtt_url, bootstrap=args.bootstrap,
-            standby=args.standby, data_path=args.data_path, device=args.device,
+            standby=args.standby, data_path=args.data_path, device=args.device, manifest=args.manifest,
         )
         on_stop(coordinator.stop)
         try:

@@ -20,6 +20,8 @@ from prime.bus.broker import EmbeddedBroker
 from prime.bus.client import BusClient
 from prime.bus.liveness import Heartbeat, LivenessTracker
 from prime.bus.topics import Topics
+from prime.coordinator.budget import refuse_if_spent
+from prime.coordinator.budget_store import total_spend
 from prime.coordinator.driver import RoundDriver
 from prime.coordinator.intake import UpdateIntake
 from prime.coordinator.leadership import Leadership
@@ -33,6 +35,7 @@ from prime.core.errors import CoordinatorError, DecodeError
 from prime.core.identity import Identity
 from prime.core.records import RoundAnnouncement, RoundCommitted, StandbyStatus
 from prime.dht.peer import Peer
+from prime.manifests import load_manifest
 from prime.tasks import task_of
 from prime.coordinator.scoring import scoring_device
 from prime.telemetry import METRICS_FILE, MetricsFile
@@ -45,7 +48,7 @@ EMBEDDED_BROKER = ("127.0.0.1", 1883)
 class Coordinator:
     def __init__(self, config: JobConfig, identity: Identity, store: CoordinatorStore, peer: Peer,
                  broker: EmbeddedBroker | None, mqtt_url: str, *, standby: bool = False, data_path=None,
-                 device: str = "cpu") -> None:
+                 device: str = "cpu", manifest=None) -> None:
         self.config = config
         self.broker = broker
         topics = Topics(config.job_id)
@@ -63,7 +66,7 @@ class Coordinator:
         self.leadership = Leadership(store.path.parent, identity.public_key, peer.address_str, net.heartbeat_interval)
         self.intake = UpdateIntake(config, store, peer, self._spawn)
         self.driver = RoundDriver(self.services, self.leadership, self.intake, task_of(config), data_path=data_path,
-                                  device=device)
+                                  device=device, manifest=manifest)
         self.standby_flag = standby
         self._standby: StandbyRole | None = None
         self._takeover_term: int | None = None
@@ -76,7 +79,7 @@ class Coordinator:
     async def create(
         cls, config: JobConfig, *, data_dir: str | Path, listen: tuple[str, int] = ("127.0.0.1", 0),
         mqtt_url: str | None = None, bootstrap: list[tuple[str, int]] = (), standby: bool = False,
-        data_path: str | Path | None = None, device: str = "cpu",
+        data_path: str | Path | None = None, device: str = "cpu", manifest: str | Path | None = None,
     ) -> "Coordinator":
         if not config.admission.open and not config.admission.trainers:
             raise CoordinatorError(
@@ -92,8 +95,14 @@ class Coordinator:
             )
         task_of(config)  # an unknown task or a bad option fails here, before anything is opened
         device = scoring_device(device)
+        job_manifest = load_manifest(Path(manifest), config) if manifest is not None else None
         store = CoordinatorStore(data_dir / DB_NAME)
-        store.bind_job(config.job_id, identity.public_key)
+        try:
+            store.bind_job(config.job_id, identity.public_key)
+            refuse_if_spent(config.budget, total_spend(store.db), source=config.source, database=str(store.path))
+        except BaseException:
+            store.close()
+            raise
         broker = None
         url = mqtt_url or config.network.mqtt_url
         if url is None:
@@ -105,7 +114,7 @@ class Coordinator:
         )
         try:
             coordinator = cls(config, identity, store, peer, broker, url, standby=standby,
-                              data_path=Path(data_path) if data_path else None, device=device)
+                              data_path=Path(data_path) if data_path else None, device=device, manifest=job_manifest)
             await coordinator.services.bus.connect()
             await coordinator.driver.prepare()
         except BaseException:
@@ -239,4 +248,5 @@ class Coordinator:
             "bus": s.bus.metrics,
             "liveness": {"accepted": s.liveness.accepted, "dropped": dict(s.liveness.dropped)},
             "coordination": {"dropped": dict(self.dropped_coordination)},
+            "budget": self.driver.budget.metrics(),
         }

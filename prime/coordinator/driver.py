@@ -28,9 +28,11 @@ from dataclasses import dataclass
 
 import torch
 
+from prime.coordinator.budget import BudgetKeeper
 from prime.coordinator.evaluation import evaluate
 from prime.coordinator.intake import UpdateIntake
 from prime.coordinator.leadership import Leadership
+from prime.coordinator.manifests import publish_manifest
 from prime.coordinator.reputation import RoundConduct, Standing, next_standing
 from prime.coordinator.rounds import RoundCollector
 from prime.coordinator.scoring import ContributionScorer
@@ -70,7 +72,7 @@ class Broadcast:
 
 class RoundDriver:
     def __init__(self, services: CoordinatorServices, leadership: Leadership, intake: UpdateIntake, task: Task,
-                 *, data_path=None, device: str = "cpu") -> None:
+                 *, data_path=None, device: str = "cpu", manifest=None) -> None:
         self.s = services
         self.config = services.config
         self.leadership = leadership
@@ -88,6 +90,10 @@ class RoundDriver:
         self._last_model: tuple[str, dict, bytes | None] | None = None
         self.model_codec = codecs.from_config(self.config.compression.model)
         self._sent: tuple[str, Broadcast] | None = None  # the committed model's digest, and its broadcast
+        self.budget = BudgetKeeper(services)
+        #: The job manifest (``prime/core/manifest.py``), if the job has one; its digest rides in every announcement.
+        self.manifest = manifest
+        self.manifest_digest: str | None = None
 
     def _with_secret_noise_seed(self):
         """The job's strategy config; a DP noise seed, unless configured, derived from the job key.
@@ -104,7 +110,8 @@ class RoundDriver:
 
     async def prepare(self) -> None:
         """Load the task's model and held-out data; store the genesis model as version 0, and the
-        job's terms where trainers can fetch them."""
+        job's terms where trainers can fetch them. A job whose budget is already spent stops here."""
+        self.budget.check_start()
         seed = self.config.training.seed
         self.model, scoring_model, self.validation = await asyncio.to_thread(
             lambda: (self.task.build_model(seed), self.task.build_model(seed), self.task.load_validation(self.data_path)))
@@ -125,6 +132,8 @@ class RoundDriver:
         blobs = self.s.peer.blobs
         await asyncio.to_thread(blobs.put_bytes, canonical(self.terms))  # its digest is the terms digest
         self.s.store.bind_task(self.config.task.name, self.task.options_dict(), self.terms_digest)
+        if self.manifest is not None:
+            self.manifest_digest = await publish_manifest(self.s, self.manifest)
         if self.s.store.latest_version() is None:
             compress = self.config.network.enable_compression
             blob = await asyncio.to_thread(tensors.encode_state, genesis, compress=compress)
@@ -169,14 +178,19 @@ class RoundDriver:
     async def run(self) -> None:
         """Lead rounds until the job's last one is committed (forever if ``rounds`` is 0)."""
         await self._restore_server_state()
+        self.budget.resume()
         total = self.config.federated.rounds
         round_number = self.s.store.last_committed_round() + 1
         if round_number > 1:
             log.info("resuming job %s at round %d", self.config.job_id, round_number)
-        while total == 0 or round_number <= total:
+        while (total == 0 or round_number <= total) and self.budget.stopped is None:
             await self._run_round(round_number)
             round_number += 1
-        log.info("job %s complete: %d rounds committed", self.config.job_id, total)
+        if self.budget.stopped is not None:
+            log.info("job %s stopped by its budget after round %d (%s)", self.config.job_id,
+                     self.budget.stopped["round"], self.budget.stopped["detail"])
+        else:
+            log.info("job %s complete: %d rounds committed", self.config.job_id, total)
         await self._await_trainers_offline(timeout=5.0)
 
     async def _await_trainers_offline(self, timeout: float) -> None:
@@ -187,6 +201,7 @@ class RoundDriver:
 
     async def _run_round(self, round_number: int) -> None:
         fed = self.config.federated
+        began = time.monotonic()  # the round's share of the job's wall time (budget.wall_seconds)
         version, digest, size = self.s.store.latest_version()
         global_state, inline = await self._model(digest, size)
         sent = await self._broadcast(digest, size, inline, global_state)
@@ -217,7 +232,7 @@ class RoundDriver:
             scoring_s += self.intake.scorer.seconds
             log.warning("round %d: %d of %d needed updates (deadline passed, trainers refused or died); "
                         "re-announcing with a fresh selection", round_number, len(collector.accepted), needed)
-        await self._commit(collector, time.monotonic() - started, attempt, standings, scoring_s)
+        await self._commit(collector, time.monotonic() - started, attempt, standings, scoring_s, began)
 
     async def _collect(self, collector: RoundCollector) -> None:
         """Wait for updates until every selected trainer still alive has reported, or the deadline.
@@ -314,7 +329,7 @@ class RoundDriver:
             shards=shards, num_shards=self.config.num_shards,
             config_digest=self.terms_digest, model_codec=self.model_codec.name, deadline=now + fed.round_timeout,
             issued=now,
-            expires=now + fed.round_timeout, total_rounds=fed.rounds,
+            expires=now + fed.round_timeout, total_rounds=fed.rounds, manifest_digest=self.manifest_digest,
         )
         if self.config.network.peer_assists(size):  # a few copies leave here; trainers pass the model on
             self.s.peer.blob_server.limit_uploads(digest, DEFAULT_SEED_CLIENTS)
@@ -330,7 +345,7 @@ class RoundDriver:
         return collector
 
     async def _commit(self, collector: RoundCollector, seconds: float, attempts: int,
-                      standings: dict[bytes, Standing], scoring_s: float) -> None:
+                      standings: dict[bytes, Standing], scoring_s: float, began: float) -> None:
         nbytes = state_bytes(self.intake.global_state)
         clock = time.perf_counter()
         result = await run_sized(nbytes, collector.strategy.finish)
@@ -356,11 +371,14 @@ class RoundDriver:
         new_standings = {key: next_standing(standings.get(key, Standing()), c, collector.round, self.config.reputation)
                          for key, c in collector.conduct.items()}
         state_digest = await asyncio.to_thread(self._store_server_state)
+        spent_before = self.budget.spent()
+        spend, spend_detail, stop = self.budget.settle(collector, time.monotonic() - began)
         commit = RoundCommit(collector.round, digest, size, collector.accepted_updates(result.scores, scores), pool,
                              metrics, seconds, attempts, self.terms_digest, charges=self._charges(collector.conduct),
                              standings=new_standings, server_state_digest=state_digest,
                              timings={"scoring_s": scoring_s, "evaluate_s": evaluate_s, "aggregate_s": aggregate_s,
-                                      "store_model_s": store_s})
+                                      "store_model_s": store_s},
+                             spend=spend, spend_detail=spend_detail, stop=stop)
         try:
             version = self.s.store.commit_round(commit, self.s.identity)  # on the loop: one SQLite connection
         except BaseException:
@@ -371,11 +389,13 @@ class RoundDriver:
                  "model %.2fs, evaluate %.2fs, scoring %.2fs)", collector.round, version, len(commit.updates),
                  len(result.dropped), self.config.federated.aggregation.name, shown, seconds, aggregate_s, store_s,
                  evaluate_s, scoring_s)
+        await self.budget.after_commit(collector.round, self.leadership.term, spent_before, stop)
         checkpoint = await self._checkpoint(collector.round, digest, state_digest)
         committed = RoundCommitted(
             job_id=self.config.job_id, term=self.leadership.term, round=collector.round, model_version=version,
             model_digest=digest, checkpoint_digest=checkpoint, providers=[self.s.peer.address_str],
-            total_rounds=self.config.federated.rounds, participants=len(commit.updates),
+            # a budget stop makes this round the last, so trainers see the job end as at its last round
+            total_rounds=collector.round if stop else self.config.federated.rounds, participants=len(commit.updates),
             metrics=dict(list(metrics.items())[:16]), server_state_digest=state_digest,
             issued=time.time(), expires=time.time() + COMMITTED_TTL,
         )

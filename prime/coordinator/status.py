@@ -10,6 +10,7 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+from prime.coordinator import budget_status
 from prime.coordinator.ledger import LedgerEntry, verify_chain
 from prime.core.errors import CoordinatorError, SignatureError
 from prime.core.identity import network_id
@@ -110,6 +111,7 @@ def _collect(db: sqlite3.Connection) -> dict[str, Any]:
         "ledger_entries": len(entries),
         "ledger_valid": chain_ok,
         "ledger_error": chain_error,
+        **budget_status.collect(db),
     }
 
 
@@ -143,4 +145,5 @@ def format_status(status: dict[str, Any]) -> str:
             out = f", excluded through round {until}" if until else ""
             lines.append(f"  {node:<16} {standing['score']:.2f}  {status['penalties'].get(node, 0)} penalties, "
                          f"{status['slashed'].get(node, 0.0):.6f} slashed, {standing['strikes']} strikes{out}")
+    lines += budget_status.format_lines(status)
     return "\n".join(lines)

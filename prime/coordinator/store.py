@@ -19,8 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from prime.atomic import write_atomic
+from prime.coordinator import budget_store
 from prime.coordinator.ledger import GENESIS, LedgerEntry, make_entry
 from prime.coordinator.reputation import Standing
+from prime.core.budget import Spend
 from prime.core.errors import CoordinatorError
 from prime.core.identity import Identity
 
@@ -102,6 +104,10 @@ class RoundCommit:
     server_state_digest: str | None = None
     #: Where the round's time went (``scoring_s``, …).
     timings: dict[str, float] = field(default_factory=dict)
+    #: This round's budget spend (``prime/core/budget.py``), per-update detail, and the stop it caused.
+    spend: Spend | None = None
+    spend_detail: dict = field(default_factory=dict)
+    stop: dict | None = None
 
 
 class CoordinatorStore:
@@ -116,6 +122,7 @@ class CoordinatorStore:
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.execute("PRAGMA foreign_keys=ON")
         self.db.executescript(_SCHEMA)
+        budget_store.ensure(self.db)
         for table, column, kind in _ADDED_COLUMNS:
             if column not in {row[1] for row in self.db.execute(f"PRAGMA table_info({table})")}:
                 self.db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
@@ -322,4 +329,6 @@ class CoordinatorStore:
                  entry.kind, entry.reason),
             )
             prev = entry.hash
+        if commit.spend is not None:
+            budget_store.write_round(cur, commit.round, commit.spend, commit.spend_detail, commit.stop)
         return version

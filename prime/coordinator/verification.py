@@ -57,6 +57,11 @@ def check_record(
         raise UpdateRejected(
             "too_many_samples", f"claims {record.num_samples} samples, cap is {security.max_samples_per_update}"
         )
+    memory = config.budget.memory_bytes_per_trainer
+    if memory and (record.peak_memory_bytes is None or record.peak_memory_bytes > memory):
+        peak = "does not report its peak memory" if record.peak_memory_bytes is None else \
+            f"peaked at {record.peak_memory_bytes} bytes"
+        raise UpdateRejected(Refusal.OVER_MEMORY_BUDGET, f"trainer {peak}; budget.memory_bytes_per_trainer is {memory}")
 
 
 def check_tensors(delta: Mapping[str, torch.Tensor], reference: dict[str, torch.Tensor], max_norm: float = 0.0) -> None:

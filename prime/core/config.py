@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from prime.core.aggregation.config import AggregationConfig, FedTrimmedAvgConfig, check_min_clients
+from prime.core.budget import BudgetConfig
 from prime.core.errors import ConfigError
 
 
@@ -363,6 +364,8 @@ class JobConfig(_Section):
     scoring: ScoringConfig = ScoringConfig()
     reputation: ReputationConfig = ReputationConfig()
     verification: VerificationConfig = VerificationConfig()
+    #: Limits on wall time, rounds, device-hours, cost and trainer memory (``prime/core/budget.py``).
+    budget: BudgetConfig = BudgetConfig()
 
     @field_validator("coordinator_key")
     @classmethod

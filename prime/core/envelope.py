@@ -30,6 +30,7 @@ class Domain(str, Enum):
     HEARTBEAT = "heartbeat"
     LEDGER = "ledger"
     DHT_RECORD = "dht"
+    BUDGET = "budget"
 
 
 def signing_digest(domain: str, payload: bytes) -> bytes:

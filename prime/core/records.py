@@ -18,6 +18,7 @@ from prime.core.identity import Identity
 _DIGEST = r"^[0-9a-f]{64}$"
 _ADDR = r"^[A-Za-z0-9.\-:\[\]]{1,64}:[0-9]{1,5}$"
 _CODEC = r"^[a-z0-9]{1,16}$"
+_DEVICE_KIND = r"^[a-z0-9][a-z0-9._-]{0,47}$"
 
 
 class _Record(BaseModel):
@@ -68,6 +69,8 @@ class RoundAnnouncement(_Record):
     expires: float
     #: Rounds the job runs in total (0: forever); lets trainers know when to stop.
     total_rounds: int = Field(ge=0)
+    #: Digest of the job manifest (``prime/core/manifest.py``), served as a blob; None: the job has none.
+    manifest_digest: Annotated[str, Field(pattern=_DIGEST)] | None = None
 
     @model_validator(mode="after")
     def _shard_per_trainer(self) -> "RoundAnnouncement":
@@ -106,6 +109,13 @@ class UpdateRecord(_Record):
     providers: list[str] = Field(max_length=8)
     issued: float
     expires: float
+    #: Budget accounting (``prime/core/budget.py``), measured by the trainer: seconds of local work times
+    #: the devices (ranks) that did it, their kind (``cpu``, ``nvidia-h200``) and the peak memory of the
+    #: node's rank 0. The coordinator caps the device time by the round's wall time times ``devices``.
+    device_seconds: Annotated[float, Field(ge=0.0, le=1e12)] | None = None
+    devices: int = Field(1, ge=1, le=65536)
+    device_kind: Annotated[str, Field(pattern=_DEVICE_KIND)] | None = None
+    peak_memory_bytes: Annotated[int, Field(ge=0, le=1 << 62)] | None = None
 
 
 class RoundCommitted(_Record):

@@ -56,6 +56,9 @@ class Refusal(str, Enum):
     HARMFUL = "harmful"
     FAILED_SPOT_CHECK = "failed_spot_check"
     OVER_CAPACITY = "over_capacity"
+    #: The trainer peaked above ``budget.memory_bytes_per_trainer`` (or did not say): a limit of the job,
+    #: not misbehaviour, so it is not penalized.
+    OVER_MEMORY_BUDGET = "over_memory_budget"
 
     def __str__(self) -> str:
         return self.value

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from prime.core.config import JobConfig
 from prime.tasks.registry import available_tasks, get_task_spec, register_task, resolve_task
-from prime.tasks.spec import Shard, Task, TaskOptions, TaskSpec
+from prime.tasks.spec import DataSource, Shard, Task, TaskOptions, TaskSpec
 
 
 def task_of(config: JobConfig) -> Task:
@@ -16,5 +16,5 @@ def task_of(config: JobConfig) -> Task:
     return resolve_task(config.task.name, config.task.options, config.source)
 
 
-__all__ = ["Shard", "Task", "TaskOptions", "TaskSpec", "available_tasks", "get_task_spec", "register_task",
+__all__ = ["DataSource", "Shard", "Task", "TaskOptions", "TaskSpec", "available_tasks", "get_task_spec", "register_task",
            "resolve_task", "task_of"]

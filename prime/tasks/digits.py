@@ -18,7 +18,7 @@ from torch import nn
 
 from prime.core.datasets import Split, partition
 from prime.tasks.metrics import evaluate_classifier
-from prime.tasks.spec import Shard, TaskOptions, TaskSpec
+from prime.tasks.spec import DataSource, Shard, TaskOptions, TaskSpec
 
 INPUT_DIM, NUM_CLASSES = 64, 10
 
@@ -76,6 +76,15 @@ def _load_validation(options: DigitsOptions, data_path: Path | None) -> Split:
     return load_digits_split(options.test_fraction, options.split_seed)[1]
 
 
+def _data_source(options: DigitsOptions, shard: Shard) -> DataSource:
+    """Every shard is cut from the one file scikit-learn ships (the cut is in the agreed terms)."""
+    import sklearn
+    import sklearn.datasets
+
+    root = Path(sklearn.datasets.__file__).parent / "data"
+    return DataSource("scikit-learn digits", sklearn.__version__, {"digits.csv.gz": root / "digits.csv.gz"})
+
+
 def _loss(options: DigitsOptions, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return nn.functional.cross_entropy(model(x), y)
 
@@ -95,5 +104,6 @@ spec = TaskSpec(
     metrics=("accuracy", "loss"),
     shard_units=_shard_units,
     public_data=True,
+    data_source=_data_source,
     description="MLP on scikit-learn's 8x8 digits, Dirichlet non-IID shards",
 )

@@ -14,7 +14,7 @@ group (``prime/tasks/registry.py``).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +40,16 @@ class Shard:
     count: int
     #: A directory or file the task reads (``--data-path``); None: the task's built-in source.
     data_path: Path | None = None
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """What a trainer's shard is read from: the data set's name and version, and every file the
+    shard reads (name relative to the data root → path). The job manifest pins each file's digest."""
+
+    name: str
+    version: str
+    files: Mapping[str, Path]
 
 
 def default_shard_units(model: nn.Module) -> list[nn.Module]:
@@ -84,6 +94,9 @@ class TaskSpec:
     #: (dropout): otherwise an honest trainer's round does not recompute and fails its check.
     public_data: bool = False
     description: str = ""
+    #: ``data_source(options, shard)``: the data set and the files a shard reads (``DataSource``), for the
+    #: job manifest's per-file digests (``prime manifest build``). None: a manifest cannot pin this task's data.
+    data_source: Callable[[Any, Shard], DataSource] | None = None
 
     def bind(self, options: TaskOptions) -> "Task":
         return Task(self, options)
@@ -136,6 +149,9 @@ class Task:
 
     def batch_size(self, configured: int) -> int:
         return int(self.spec.batch_size(self.options, configured))
+
+    def data_source(self, shard: Shard) -> DataSource | None:
+        return None if self.spec.data_source is None else self.spec.data_source(self.options, shard)
 
     def options_dict(self) -> dict[str, Any]:
         return self.options.model_dump(mode="json")

@@ -9,6 +9,7 @@ guess over the 256 byte values).
 
 from __future__ import annotations
 
+import platform
 from dataclasses import replace
 from pathlib import Path
 from typing import Literal
@@ -22,7 +23,7 @@ from prime.core.datasets import Split
 from prime.core.errors import TaskError
 from prime.tasks import stdlib_corpus as corpus
 from prime.tasks.metrics import evaluate_byte_lm
-from prime.tasks.spec import Shard, TaskOptions, TaskSpec
+from prime.tasks.spec import DataSource, Shard, TaskOptions, TaskSpec
 from prime.tasks.transformer import PRESETS, Transformer, TransformerConfig
 
 
@@ -87,6 +88,16 @@ def load_shard(options: StdlibLMOptions, shard: Shard) -> Split:
     return corpus.windows(corpus.read_modules(modules), seq_len(options))
 
 
+def data_source(options: StdlibLMOptions, shard: Shard) -> DataSource:
+    """The ``.py`` files of the shard's modules, named relative to the corpus root."""
+    root = Path(shard.data_path) if shard.data_path is not None else corpus.default_root()
+    training, _ = corpus.split_modules(corpus.scan(root))
+    modules = corpus.partition(training, shard.count)[shard.index]
+    resolved = root.resolve()
+    files = {path.resolve().relative_to(resolved).as_posix(): path for m in modules for path in m.files}
+    return DataSource("python-stdlib-source", platform.python_version(), files)
+
+
 def load_validation(options: StdlibLMOptions, data_path: Path | None) -> Split:
     """Windows of the held-out modules, at most ``validation_sequences`` of them, evenly spaced."""
     _, held = corpus.split_modules(corpus.scan(data_path))
@@ -124,5 +135,6 @@ spec = TaskSpec(
     tokens_per_sample=seq_len,
     batch_size=sequences_per_batch,
     public_data=True,
+    data_source=data_source,
     description="byte-level transformer LM on the Python standard library's source, split non-IID by module",
 )

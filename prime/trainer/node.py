@@ -28,6 +28,7 @@ from typing import Any
 
 from torch import nn
 
+import prime
 from prime import codecs
 from prime.bus.client import BusClient
 from prime.bus.liveness import Heartbeat
@@ -53,7 +54,9 @@ from prime.blobs.fetch import fetch_verified
 from prime.dht.peer import Peer
 from prime.tasks import task_of
 from prime.telemetry import METRICS_FILE, MetricsFile
+from prime.trainer.budget import cap_memory, device_kind, peak_memory_bytes, reset_peak
 from prime.trainer.checkpoint import AUTO_PREFIX, CheckpointStore
+from prime.trainer.datacheck import ManifestCheck
 from prime.trainer.distributed import resolve_device
 from prime.trainer.engine import LocalEngine, LocalWork, RoundKey, TrainMetrics
 from prime.trainer.modelfetch import ModelFetcher
@@ -120,6 +123,10 @@ class TrainerNode:
         self.utilization = Utilization()
         self._background: set[asyncio.Task] = set()
         self.model_fetcher = ModelFetcher(peer, identity, config, self._spawn)
+        self.device_kind = device_kind(engine.device)
+        #: Announcements that name a job manifest: this node's shard files and task source against it.
+        self.data_check = ManifestCheck(peer, engine.task, engine.data_path, timeout=config.network.timeout,
+                                        prime_version=prime.__version__, compute_kind=self.device_kind)
         self.metrics_file = MetricsFile(checkpoints.root.parent / METRICS_FILE, self._metrics)
         self._wake = asyncio.Event()
         self._finished = asyncio.Event()
@@ -158,6 +165,7 @@ class TrainerNode:
         engine = await asyncio.to_thread(LocalEngine, task, config.training, model, device=resolve_device(device),
                                          data_path=Path(data_path) if data_path else None,
                                          proximal_mu=proximal_mu(config.federated.aggregation))
+        cap_memory(engine.device, config.budget.memory_bytes_per_trainer)
         if data is not None:
             engine.use_data(data)
         elif data_partition is not None:  # a pinned shard must load now
@@ -407,10 +415,13 @@ class TrainerNode:
             return
         if time.time() > ann.deadline:
             return self._drop("past_deadline", f"round {ann.round}")
+        if ann.manifest_digest is not None and not self.own_data and not await self._data_is_the_jobs(ann):
+            return
         net = self.config.network
         began = time.monotonic()
         self.is_training = True
         ahead: AheadBlock | None = None
+        early = False  # the next block started before this update was sent
         try:
             shard = self._shard_for(ann)
             ahead = await self._take_ahead(ann.round, shard)
@@ -429,6 +440,10 @@ class TrainerNode:
             else:  # the block's progress is this round's update; the next block starts from global + progress
                 delta, metrics, train_seconds = await ahead.task
                 next_start = await run_sized(state_bytes(delta), rebased, global_state, delta)
+            peak = peak_memory_bytes(self.engine.device)  # since the last round's measurement (blocks ahead too)
+            reset_peak(self.engine.device)
+            if self._over_memory_budget(ann.round, peak):
+                return
             # Overlapped and no checkpoint due (it must see the engine between blocks): the next block
             # starts now, and this update is encoded, stored and published while it trains.
             early = self.config.federated.overlap and not self._checkpoint_due(self.rounds_trained + 1)
@@ -466,6 +481,10 @@ class TrainerNode:
             providers=[self.peer.address_str],
             issued=(now := time.time()),
             expires=now + self.config.security.record_ttl,
+            device_seconds=train_seconds * self.engine.world_size,
+            devices=self.engine.world_size,
+            device_kind=self.device_kind,
+            peak_memory_bytes=peak,
         )
         sealed = record.seal(self.identity).to_bytes()
         await self._publish_update(ann.round, sealed, b"".join(parts) if net.rides_inline(size) else None)
@@ -490,6 +509,29 @@ class TrainerNode:
     def _checkpoint_due(self, rounds_trained: int) -> bool:
         """Whether a checkpoint is taken once ``rounds_trained`` rounds are trained."""
         return rounds_trained % self.config.fault_tolerance.checkpoint_interval == 0
+
+    async def _data_is_the_jobs(self, ann: RoundAnnouncement) -> bool:
+        """Whether this node's files for its shard (and its task source) are the job manifest's; if
+        not, say which differ and skip the round (the node keeps following later rounds)."""
+        shard = ann.shard_of(self.identity.public_key)
+        lines = await self.data_check.differences(ann, shard)
+        if not lines:
+            return True
+        self.dropped["data_mismatch"] = self.dropped.get("data_mismatch", 0) + 1
+        log.error("round %d: this node's data for shard %d is not the job's (manifest %s…); not training:\n  %s",
+                  ann.round, shard, ann.manifest_digest[:16], "\n  ".join(lines))
+        return False
+
+    def _over_memory_budget(self, round_number: int, peak: int) -> bool:
+        """True (and logged) if this round peaked above ``budget.memory_bytes_per_trainer``: the
+        coordinator would refuse the update, so it is not sent."""
+        limit = self.config.budget.memory_bytes_per_trainer
+        if not limit or peak <= limit:
+            return False
+        self.dropped["over_memory_budget"] = self.dropped.get("over_memory_budget", 0) + 1
+        log.error("round %d: peak memory %d bytes exceeds budget.memory_bytes_per_trainer %d; not sending the update",
+                  round_number, peak, limit)
+        return True
 
     async def _take_ahead(self, round_number: int, shard: int | None) -> AheadBlock | None:
         """The block trained ahead, if it may be this round's update; else None, once an unusable
