@@ -26,6 +26,7 @@ import math
 import time
 from dataclasses import dataclass
 
+from prime.coordinator import registry
 from prime.coordinator.evaluation import evaluate
 from prime.coordinator.intake import UpdateIntake
 from prime.coordinator.leadership import Leadership
@@ -124,6 +125,18 @@ class RoundDriver:
             blob = await asyncio.to_thread(tensors.encode_state, self.model.state_dict(), compress=compress)
             digest = await asyncio.to_thread(blobs.put_bytes, blob)
             self.s.store.record_genesis(digest, len(blob), self.terms_digest)
+        self._bind_registry()
+
+    def _bind_registry(self) -> None:
+        """The registry's tables, the job's gates and the genesis row (again after a standby's restore)."""
+        registry.bind(self.s.store.db, self.config.gates, self._lineage(None, 0, [], {}))
+
+    def _lineage(self, parent: int | None, round_number: int, updates, metrics: dict) -> registry.Lineage:
+        contributors = [{"name": u.node_name, "key": u.node_key.hex(), "samples": u.num_samples,
+                         "score": u.score if math.isfinite(u.score) else None, "share": u.share} for u in updates]
+        return registry.Lineage(parent, round_number, self.config.task.name, self.task.options_dict(),
+                                getattr(self.strategy, "label", self.strategy.name), self.terms_digest, contributors,
+                                metrics)
 
     def _count_shards(self) -> dict[int, int]:
         from prime.tasks.spec import Shard
@@ -163,6 +176,9 @@ class RoundDriver:
     async def run(self) -> None:
         """Lead rounds until the job's last one is committed (forever if ``rounds`` is 0)."""
         await self._restore_server_state()
+        self._bind_registry()
+        if self.s.audit is not None:
+            self.s.audit.started("primary", self.terms_digest)
         total = self.config.federated.rounds
         round_number = self.s.store.last_committed_round() + 1
         if round_number > 1:
@@ -347,10 +363,15 @@ class RoundDriver:
         new_standings = {key: next_standing(standings.get(key, Standing()), c, collector.round, self.config.reputation)
                          for key, c in collector.conduct.items()}
         state_digest = await asyncio.to_thread(self._store_server_state)
-        commit = RoundCommit(collector.round, digest, size, collector.accepted_updates(result.scores, scores), pool,
+        updates = collector.accepted_updates(result.scores, scores)
+        lineage = self._lineage(collector.announcement.model_version, collector.round, updates, metrics)
+        promotions: list[registry.Promotion] = []  # the gates' promotions, written in the commit transaction
+        commit = RoundCommit(collector.round, digest, size, updates, pool,
                              metrics, seconds, attempts, self.terms_digest, charges=self._charges(collector.conduct),
                              standings=new_standings, server_state_digest=state_digest,
-                             timings={"scoring_s": scoring_s, "evaluate_s": evaluate_s})
+                             timings={"scoring_s": scoring_s, "evaluate_s": evaluate_s},
+                             also_write=(lambda cur, v: promotions.extend(
+                                 registry.record_commit(cur, v, lineage, self.config.gates)),))
         try:
             version = self.s.store.commit_round(commit, self.s.identity)  # on the loop: one SQLite connection
         except BaseException:
@@ -360,6 +381,10 @@ class RoundDriver:
         log.info("round %d committed as v%d: %d updates (%d dropped by %s), %s, %.2fs (scoring %.3fs)",
                  collector.round, version, len(commit.updates), len(result.dropped),
                  self.config.federated.aggregation.name, shown, seconds, scoring_s)
+        for p in promotions:
+            log.info("v%d: %s -> %s (%s): %s", p.version, p.from_stage, p.to_stage, p.by, p.reason)
+        if self.s.audit is not None:
+            self.s.audit.committed(collector.round, version, commit.charges, standings, new_standings, promotions)
         checkpoint = await self._checkpoint(collector.round, digest, state_digest)
         committed = RoundCommitted(
             job_id=self.config.job_id, term=self.leadership.term, round=collector.round, model_version=version,

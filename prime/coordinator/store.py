@@ -14,6 +14,7 @@ import json
 import math
 import sqlite3
 import time
+from collections.abc import Callable
 from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -102,6 +103,9 @@ class RoundCommit:
     server_state_digest: str | None = None
     #: Where the round's time went (``scoring_s``, …).
     timings: dict[str, float] = field(default_factory=dict)
+    #: More writes that commit with the round: each is called with the transaction's cursor and the
+    #: new version (the model registry's lineage and promotions, ``registry.record_commit``).
+    also_write: tuple[Callable[[sqlite3.Cursor, int], None], ...] = ()
 
 
 class CoordinatorStore:
@@ -322,4 +326,6 @@ class CoordinatorStore:
                  entry.kind, entry.reason),
             )
             prev = entry.hash
+        for write in commit.also_write:
+            write(cur, version)
         return version
