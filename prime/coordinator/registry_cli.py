@@ -130,9 +130,12 @@ def diff_cmd(args: argparse.Namespace) -> int:
         print(json.dumps(out, indent=2))
         return 0
     lines = [f"v{a.version} ({a.stage}, round {a.lineage.round}) -> v{b.version} ({b.stage}, round {b.lineage.round})"]
+    def num(v: Any) -> str:
+        return f"{v:.6g}" if isinstance(v, int | float) else "-"
+
     for name, (x, y, delta) in out["metrics"].items():
         shown = "-" if delta is None else f"{delta:+.6g}"
-        lines.append(f"  {name:<16} {x!s:>12} -> {y!s:<12} ({shown})")
+        lines.append(f"  {name:<16} {num(x):>12} -> {num(y):<12} ({shown})")
     for key in ("task", "strategy", "config_digest"):
         if out[key]["changed"]:
             lines.append(f"  {key} changed: {out[key]['a']} -> {out[key]['b']}")

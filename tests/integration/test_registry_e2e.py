@@ -9,11 +9,15 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 
 import pytest
 
 import prime
 from prime.audit import AUDIT_FILE
+from prime.coordinator import registry
+from prime.coordinator.registry_cli import diff as registry_diff
+from prime.coordinator.status import open_read_only
 from prime.demo import LocalNetwork
 from tests.integration.netutil import wait_for
 
@@ -31,16 +35,29 @@ def _cli(*args: str, ok: bool = True) -> subprocess.CompletedProcess:
     return done
 
 
-def test_gates_promote_at_commit_and_registry_cli_and_audit(tmp_path):
+def _gate_promotions_logged(net: LocalNetwork) -> int:
+    path = net.coordinator_dir / AUDIT_FILE
+    return path.read_bytes().count(b'"by":"gates"') if path.exists() else 0
+
+
+@pytest.fixture
+def network(tmp_path):
     net = LocalNetwork(tmp_path / "net", trainers=2, rounds=ROUNDS, local_epochs=1,
                        gates={"staging": {"min_accuracy": STAGING_MIN_ACCURACY},
                               "production": {"min_accuracy": PRODUCTION_MIN_ACCURACY}})
     try:
-        net.start_all()
-        status = wait_for(net, lambda s: s["rounds_committed"] >= ROUNDS and s, 90, f"{ROUNDS} rounds")
-        net.procs["coordinator"].wait(timeout=30)  # the job is complete: the coordinator exits by itself
+        yield net
     finally:
         net.stop_all()
+
+
+def test_gates_promote_at_commit_and_registry_cli_and_audit(network: LocalNetwork, tmp_path):
+    net = network
+    net.start_all()
+    status = wait_for(net, lambda s: s["rounds_committed"] >= ROUNDS and s, 90, f"{ROUNDS} rounds")
+    deadline = time.monotonic() + 30  # the commit's audit lines follow its transaction
+    while _gate_promotions_logged(net) < ROUNDS and time.monotonic() < deadline:
+        time.sleep(0.1)
     data_dir = str(net.coordinator_dir)
 
     # Auto-promotion at commit: every committed version passed the staging gate, none the production one.
@@ -61,11 +78,16 @@ def test_gates_promote_at_commit_and_registry_cli_and_audit(tmp_path):
     assert last["strategy"] == "fedtrimmedavg" and last["task"] == "digits"
     assert last["config_digest"] == status["config_digest"]
 
-    # diff: metrics and how far the weights moved between two versions.
-    diff = json.loads(_cli("registry", "diff", "v1", "latest", "--data-dir", data_dir, "--json").stdout)
-    assert diff["weights"]["relative_l2"] > 0 and diff["weights"]["tensors"] >= 2
+    # diff: metrics and lineage (CLI), and how far the weights moved (in process: torch is loaded here).
+    diff = json.loads(_cli("registry", "diff", "v1", "latest", "--no-weights", "--data-dir", data_dir,
+                           "--json").stdout)
     acc = diff["metrics"]["accuracy"]
-    assert acc[2] == pytest.approx(acc[1] - acc[0])
+    assert acc[2] == pytest.approx(acc[1] - acc[0]) and diff["contributors"]["only_a"] == []
+    _, db = open_read_only(net.coordinator_dir)
+    entries = registry.versions(db)
+    db.close()
+    weights = registry_diff(net.coordinator_dir, entries[1], entries[-1], weights=True)["weights"]
+    assert weights["relative_l2"] > 0 and weights["tensors"] >= 2
 
     # promote: the production gate fails, so by hand it is refused unless forced; forcing is recorded.
     refused = _cli("registry", "promote", "latest", "--to", "production", "--data-dir", data_dir, ok=False)
@@ -73,10 +95,9 @@ def test_gates_promote_at_commit_and_registry_cli_and_audit(tmp_path):
     forced = json.loads(_cli("registry", "promote", "latest", "--to", "production", "--force", "--reason",
                              "release test", "--data-dir", data_dir).stdout)
     assert [(p["to_stage"], p["forced"]) for p in forced["promotions"]] == [("production", True)]
-    json.loads(_cli("registry", "promote", "v1", "--to", "production", "--force", "--data-dir", data_dir).stdout)
-    stages = {v["version"]: v["stage"] for v in
-              json.loads(_cli("registry", "list", "--data-dir", data_dir, "--json").stdout)}
-    assert stages[1] == "production" and stages[ROUNDS] == "archived"  # one production version at a time
+    replaced = json.loads(_cli("registry", "promote", "v1", "--to", "production", "--force", "--data-dir",
+                               data_dir).stdout)  # one production version at a time: the last one is archived
+    assert [(p["version"], p["to_stage"]) for p in replaced["promotions"]] == [(ROUNDS, "archived"), (1, "production")]
 
     # export: safetensors + card with the registry record; prime.load_model opens it.
     out = tmp_path / "export" / "model.safetensors"
