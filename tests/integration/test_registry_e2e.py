@@ -120,6 +120,10 @@ def test_gates_promote_at_commit_and_registry_cli_and_audit(network: LocalNetwor
     assert [c["command"] for c in commands] == ["registry promote"] * 3 + ["registry export"]
     assert commands[0]["outcome"].startswith("refused")
 
+    # Every node keeps one: a trainer's verifies against its admitted key.
+    trainer_key = net.config.admission.trainers[net.trainer_names[0]]
+    _cli("audit", "verify", "--data-dir", str(net.trainer_dir(net.trainer_names[0])), "--key", trainer_key)
+
     # An edited line of that log is caught, named by its number.
     lines = (net.coordinator_dir / AUDIT_FILE).read_bytes().splitlines(keepends=True)
     lines[2] = lines[2].replace(b'"admission"', b'"admissioN"') if b'"admission"' in lines[2] else lines[2][:-2] + b"\n"
