@@ -191,6 +191,9 @@ class AuditLog:
                 tail = fh.read(step) + tail
                 if tail.rstrip(b"\n").count(b"\n") >= 1 or start == 0:
                     break
+                if len(tail) > 2 * MAX_LINE_BYTES + 2:  # no line is that long: this is not an audit log
+                    raise AuditError(f"{self.path}: no line break in its last {len(tail)} bytes; not an audit "
+                                     f"log (run prime audit verify --data-dir {self.path.parent})")
         if tail and not tail.endswith(b"\n"):
             cut = tail.rfind(b"\n") + 1
             torn = tail[cut:]

@@ -111,3 +111,13 @@ def test_cli_verify_exit_codes(node, capsys):
     assert prime_main(["audit", "verify", "--data-dir", str(data_dir), "--key", identity.public_key_hex]) == 1
     assert "INVALID at line 1: hash does not match" in capsys.readouterr().err
     assert prime_main(["audit", "verify", "--data-dir", str(data_dir), "--key", "zz"]) == 2
+
+
+def test_a_file_that_is_not_an_audit_log_is_refused_without_reading_it_whole(node):
+    data_dir, identity = node
+    (data_dir / AUDIT_FILE).write_bytes(b"x" * (1 << 20))
+    with pytest.raises(AuditError, match="no line break"):
+        AuditLog.open(data_dir, identity)
+    (data_dir / AUDIT_FILE).write_bytes(b'{"not": "an audit line"}\n')
+    with pytest.raises(AuditError, match="the last line is not an audit line"):
+        AuditLog.open(data_dir, identity)
