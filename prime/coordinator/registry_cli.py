@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import getpass
 import json
+import sqlite3
 import sys
 from pathlib import Path
 from typing import Any
@@ -65,6 +66,9 @@ def run(args: argparse.Namespace) -> int:
         return _COMMANDS[args.registry_command](args)
     except PrimeError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except sqlite3.Error as exc:  # e.g. locked past the 30 s timeout by a long commit
+        print(f"error: {args.data_dir / DB_NAME}: {exc}; nothing was changed, try again", file=sys.stderr)
         return 2
 
 
