@@ -73,3 +73,11 @@ def test_other_tasks_and_gelu_are_refused(tmp_path):
         write_transformers_dir(tmp_path / "gelu", card)
     with pytest.raises(TaskError, match="writes stdlib-lm models"):
         write_transformers_dir(tmp_path, {"task": "digits"})
+
+
+def test_registry_export_names_files_as_the_loader_does(tmp_path):
+    from prime.coordinator import registry_export
+    from prime.tasks import exported
+
+    assert registry_export.DIR_WEIGHTS == exported.DIR_WEIGHTS
+    assert registry_export.card_path(tmp_path / "m.safetensors") == exported.card_path(tmp_path / "m.safetensors")
