@@ -116,3 +116,23 @@ def test_the_mirrored_snapshot_carries_the_registry(bound, coord, make_commit, t
     assert [e.stage for e in registry.versions(mirror.db)] == [e.stage for e in registry.versions(bound.db)]
     assert registry.stored_gates(mirror.db) == GATES
     mirror.close()
+
+
+def test_cli_tables_for_people(bound, coord, make_commit, tmp_path, capsys):
+    from prime.cli import main
+
+    for r in (1, 2):
+        _commit(bound, coord, make_commit, r)
+    assert main(["registry", "list", "--data-dir", str(tmp_path)]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].split() == ["version", "stage", "round", "parent", "trainers", "accuracy", "loss"]
+    assert table[3].split()[:5] == ["v2", "staging", "2", "v1", "1"]
+    assert main(["registry", "show", "staging", "--data-dir", str(tmp_path)]) == 0
+    shown = capsys.readouterr().out
+    assert "v2  stage staging  round 2  parent v1" in shown and "training -> staging by gates" in shown
+    assert main(["registry", "diff", "1", "2", "--no-weights", "--data-dir", str(tmp_path)]) == 0
+    assert "0.51 -> 0.52         (+0.01)" in capsys.readouterr().out
+    assert main(["registry", "show", "production", "--data-dir", str(tmp_path)]) == 2
+    assert "no version is in production" in capsys.readouterr().err
+    assert main(["registry", "promote", "1", "--to", "staging", "--data-dir", str(tmp_path)]) == 2  # no node.key here
+    assert "node.key is missing" in capsys.readouterr().err
