@@ -100,7 +100,8 @@ def verify_log(data_dir: str | Path, public_key: bytes) -> AuditReport:
             if len(raw) > MAX_LINE_BYTES:
                 return report.fail(number, f"longer than {MAX_LINE_BYTES} bytes")
             if not raw.endswith(b"\n"):
-                return report.fail(number, "torn: no newline at the end (a crash mid-write; the next append repairs it)")
+                return report.fail(number, "torn: no newline at the end (a crash mid-write; the next append "
+                                           "repairs it)")
             try:
                 line = _check_shape(raw[:-1])
                 if line["seq"] != number:

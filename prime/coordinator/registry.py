@@ -95,7 +95,8 @@ def bind(db: sqlite3.Connection, gates: Gates, genesis: Lineage) -> None:
     """At coordinator start: the tables, the job's gates (the latest start wins) and the genesis row."""
     ensure_schema(db)
     db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES(?, ?)",
-               (GATES_META, json.dumps(gates if isinstance(gates, dict) else gates.model_dump(mode="json"), sort_keys=True)))
+               (GATES_META, json.dumps(gates if isinstance(gates, dict) else gates.model_dump(mode="json"),
+                                       sort_keys=True)))
     if db.execute("SELECT 1 FROM model_versions WHERE version=0").fetchone() and \
             not db.execute("SELECT 1 FROM registry_versions WHERE version=0").fetchone():
         _insert(db, 0, genesis)
@@ -170,7 +171,8 @@ def versions(db: sqlite3.Connection) -> list[VersionEntry]:
     promotions: dict[int, list[Promotion]] = {}
     if _has_registry(db):
         for v, f, t, at, by, forced, reason, gates in db.execute(
-                "SELECT version, from_stage, to_stage, at, by, forced, reason, gates FROM registry_promotions ORDER BY id"):
+                "SELECT version, from_stage, to_stage, at, by, forced, reason, gates"
+                " FROM registry_promotions ORDER BY id"):
             promotions.setdefault(v, []).append(Promotion(v, f, t, by, bool(forced), reason, json.loads(gates), at))
     out = []
     for version, digest, size, round_number, created, config_digest in db.execute(

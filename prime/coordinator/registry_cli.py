@@ -118,7 +118,8 @@ def show_cmd(args: argparse.Namespace) -> int:
              f"  contributors ({len(lin.contributors)}):"]
     for c in lin.contributors:
         score = "-" if c.get("score") is None else f"{c['score']:+.4g}"
-        lines.append(f"    {c['name']:<16} {c['key'][:16]}…  samples {c['samples']}  score {score}  share {c['share']}")
+        lines.append(f"    {c['name']:<16} {c['key'][:16]}…  samples {c['samples']}  score {score}  "
+                     f"share {c['share']}")
     lines.append(f"  metadata {json.dumps(entry.metadata, sort_keys=True)}")
     for p in entry.promotions:
         lines.append(f"  {p.from_stage} -> {p.to_stage} by {p.by}{' (FORCED)' if p.forced else ''}: {p.reason}")

@@ -65,7 +65,7 @@ def test_operator_promotion_needs_gates_unless_forced(bound, coord, make_commit,
     for r in (1, 2):
         _commit(bound, coord, make_commit, r)
     db = registry.open_writable(tmp_path / DB_NAME)
-    with pytest.raises(CoordinatorError, match=r"does not pass the gates to enter staging: min_accuracy 0.52: 0.51 FAILS"):
+    with pytest.raises(CoordinatorError, match=r"not pass the gates to enter staging: min_accuracy 0.52: 0.51 FAILS"):
         registry.promote(db, "1", "staging", force=False, reason="", who="alice")
     [p] = registry.promote(db, "v1", "staging", force=True, reason="demo", who="alice")
     assert (p.forced, p.by, p.reason) == (True, "operator:alice", "demo")
