@@ -1,4 +1,5 @@
-"""``prime``: the umbrella command — ``demo``, ``keygen``, ``broker``, ``dht-node``, ``verify``, ``manifest``."""
+"""``prime``: the umbrella command — ``demo``, ``keygen``, ``broker``, ``dht-node``, ``verify``, ``manifest``,
+``audit``, ``registry``."""
 
 from __future__ import annotations
 
@@ -71,6 +72,18 @@ def manifest(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def audit(args: argparse.Namespace) -> int:
+    from prime.audit.cli import run
+
+    return run(args)
+
+
+def registry(args: argparse.Namespace) -> int:
+    from prime.coordinator.registry_cli import run
+
+    return run(args)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="prime", description="prime: verifiable federated training.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -113,6 +126,17 @@ def main(argv: list[str] | None = None) -> int:
 
     add_manifest_arguments(m)
     m.set_defaults(func=manifest)
+    from prime.audit.cli import add_arguments as add_audit_arguments
+
+    a = sub.add_parser("audit", help="check a node's signed, hash-chained audit log")
+    add_audit_arguments(a)
+    a.set_defaults(func=audit)
+
+    from prime.coordinator.registry_cli import add_arguments as add_registry_arguments
+
+    r = sub.add_parser("registry", help="model versions: list, show, diff, export, promote, annotate")
+    add_registry_arguments(r)
+    r.set_defaults(func=registry)
 
     args = p.parse_args(argv)
     return args.func(args)

@@ -117,7 +117,8 @@ class BudgetKeeper:
         if stop is not None:
             self.stopped = stop
             log.warning("budget: %s; round %d is the job's last, stopping", stop["detail"], round_number)
-            # audit: budget_stop (AuditLog.append("budget_stop", round=round_number, **stop))
+            if self.s.audit is not None:
+                self.s.audit.log.append("budget_stop", **stop)  # stop names its round
             await self._publish("stop", stop["limit"], stop["spent"], stop["limit_value"], round_number, term)
 
     async def _publish(self, event: str, name: str, spent: float, limit: float, round_number: int, term: int) -> None:

@@ -16,13 +16,16 @@ import os
 from collections import Counter
 from pathlib import Path
 
+from prime.audit import AuditLog
 from prime.bus.broker import EmbeddedBroker
 from prime.bus.client import BusClient
 from prime.bus.liveness import Heartbeat, LivenessTracker
 from prime.bus.topics import Topics
 from prime.coordinator.budget import refuse_if_spent
 from prime.coordinator.budget_store import total_spend
+from prime.coordinator.auditing import CoordinatorAudit
 from prime.coordinator.driver import RoundDriver
+from prime.coordinator.gates import check_gate_metrics
 from prime.coordinator.intake import UpdateIntake
 from prime.coordinator.leadership import Leadership
 from prime.coordinator.services import CoordinatorServices
@@ -48,7 +51,7 @@ EMBEDDED_BROKER = ("127.0.0.1", 1883)
 class Coordinator:
     def __init__(self, config: JobConfig, identity: Identity, store: CoordinatorStore, peer: Peer,
                  broker: EmbeddedBroker | None, mqtt_url: str, *, standby: bool = False, data_path=None,
-                 device: str = "cpu", manifest=None) -> None:
+                 device: str = "cpu", manifest=None, audit: AuditLog | None = None) -> None:
         self.config = config
         self.broker = broker
         topics = Topics(config.job_id)
@@ -62,9 +65,12 @@ class Coordinator:
         )
         self._tasks: set[asyncio.Task] = set()
         self.services = CoordinatorServices(config, identity, store, peer, bus, topics,
-                                            LivenessTracker(timeout_s=3 * net.heartbeat_interval), self._spawn)
+                                            LivenessTracker(timeout_s=3 * net.heartbeat_interval), self._spawn,
+                                            CoordinatorAudit(audit, config) if audit is not None else None)
+        self.audit_log = audit
         self.leadership = Leadership(store.path.parent, identity.public_key, peer.address_str, net.heartbeat_interval)
         self.intake = UpdateIntake(config, store, peer, self._spawn)
+        self.intake.audit = self.services.audit
         self.driver = RoundDriver(self.services, self.leadership, self.intake, task_of(config), data_path=data_path,
                                   device=device, manifest=manifest)
         self.standby_flag = standby
@@ -93,9 +99,11 @@ class Coordinator:
                 f"job config pins coordinator key {config.coordinator_key[:16]}…, but {data_dir}/node.key is "
                 f"{identity.public_key_hex[:16]}…; run with the matching --data-dir or fix coordinator_key"
             )
-        task_of(config)  # an unknown task or a bad option fails here, before anything is opened
+        task = task_of(config)  # an unknown task or a bad option fails here, before anything is opened
+        check_gate_metrics(config.gates, task.name, task.metrics, config.source)
         device = scoring_device(device)
         job_manifest = load_manifest(Path(manifest), config) if manifest is not None else None
+        audit = AuditLog.open(data_dir, identity)
         store = CoordinatorStore(data_dir / DB_NAME)
         try:
             store.bind_job(config.job_id, identity.public_key)
@@ -114,7 +122,8 @@ class Coordinator:
         )
         try:
             coordinator = cls(config, identity, store, peer, broker, url, standby=standby,
-                              data_path=Path(data_path) if data_path else None, device=device, manifest=job_manifest)
+                              data_path=Path(data_path) if data_path else None, device=device, manifest=job_manifest,
+                              audit=audit)
             await coordinator.services.bus.connect()
             await coordinator.driver.prepare()
         except BaseException:
@@ -196,6 +205,8 @@ class Coordinator:
         if self.broker is not None:
             await self.broker.stop()
         self.services.store.close()
+        if self.audit_log is not None:
+            self.audit_log.close()
 
     def _spawn(self, coro) -> asyncio.Task:
         task = asyncio.create_task(coro)

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import torch
 
 from prime.coordinator.budget import BudgetKeeper
+from prime.coordinator import registry
 from prime.coordinator.evaluation import evaluate
 from prime.coordinator.intake import UpdateIntake
 from prime.coordinator.leadership import Leadership
@@ -139,6 +140,18 @@ class RoundDriver:
             blob = await asyncio.to_thread(tensors.encode_state, genesis, compress=compress)
             digest = await asyncio.to_thread(blobs.put_bytes, blob)
             self.s.store.record_genesis(digest, len(blob), self.terms_digest)
+        self._bind_registry()
+
+    def _bind_registry(self) -> None:
+        """The registry's tables, the job's gates and the genesis row (again after a standby's restore)."""
+        registry.bind(self.s.store.db, self.config.gates, self._lineage(None, 0, [], {}))
+
+    def _lineage(self, parent: int | None, round_number: int, updates, metrics: dict) -> registry.Lineage:
+        contributors = [{"name": u.node_name, "key": u.node_key.hex(), "samples": u.num_samples,
+                         "score": u.score if math.isfinite(u.score) else None, "share": u.share} for u in updates]
+        return registry.Lineage(parent, round_number, self.config.task.name, self.task.options_dict(),
+                                getattr(self.strategy, "label", self.strategy.name), self.terms_digest, contributors,
+                                metrics)
 
     def _count_shards(self) -> dict[int, int]:
         from prime.tasks.spec import Shard
@@ -179,6 +192,9 @@ class RoundDriver:
         """Lead rounds until the job's last one is committed (forever if ``rounds`` is 0)."""
         await self._restore_server_state()
         self.budget.resume()
+        self._bind_registry()
+        if self.s.audit is not None:
+            self.s.audit.started("primary", self.terms_digest)
         total = self.config.federated.rounds
         round_number = self.s.store.last_committed_round() + 1
         if round_number > 1:
@@ -373,12 +389,17 @@ class RoundDriver:
         state_digest = await asyncio.to_thread(self._store_server_state)
         spent_before = self.budget.spent()
         spend, spend_detail, stop = self.budget.settle(collector, time.monotonic() - began)
-        commit = RoundCommit(collector.round, digest, size, collector.accepted_updates(result.scores, scores), pool,
+        updates = collector.accepted_updates(result.scores, scores)
+        lineage = self._lineage(collector.announcement.model_version, collector.round, updates, metrics)
+        promotions: list[registry.Promotion] = []  # the gates' promotions, written in the commit transaction
+        commit = RoundCommit(collector.round, digest, size, updates, pool,
                              metrics, seconds, attempts, self.terms_digest, charges=self._charges(collector.conduct),
                              standings=new_standings, server_state_digest=state_digest,
                              timings={"scoring_s": scoring_s, "evaluate_s": evaluate_s, "aggregate_s": aggregate_s,
                                       "store_model_s": store_s},
-                             spend=spend, spend_detail=spend_detail, stop=stop)
+                             spend=spend, spend_detail=spend_detail, stop=stop,
+                             also_write=(lambda cur, v: promotions.extend(
+                                 registry.record_commit(cur, v, lineage, self.config.gates)),))
         try:
             version = self.s.store.commit_round(commit, self.s.identity)  # on the loop: one SQLite connection
         except BaseException:
@@ -389,6 +410,10 @@ class RoundDriver:
                  "model %.2fs, evaluate %.2fs, scoring %.2fs)", collector.round, version, len(commit.updates),
                  len(result.dropped), self.config.federated.aggregation.name, shown, seconds, aggregate_s, store_s,
                  evaluate_s, scoring_s)
+        for p in promotions:
+            log.info("v%d: %s -> %s (%s): %s", p.version, p.from_stage, p.to_stage, p.by, p.reason)
+        if self.s.audit is not None:
+            self.s.audit.committed(collector.round, version, commit.charges, standings, new_standings, promotions)
         await self.budget.after_commit(collector.round, self.leadership.term, spent_before, stop)
         checkpoint = await self._checkpoint(collector.round, digest, state_digest)
         committed = RoundCommitted(

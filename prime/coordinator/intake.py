@@ -74,6 +74,7 @@ class UpdateIntake:
         self._writes: dict[str, asyncio.Task] = {}  # blob digest -> its background write to the store
         self.copies = CopyDetector()
         self.spot_checker = None
+        self.audit = None  # the node's audit log (``auditing.CoordinatorAudit``), set by the daemon
 
     async def open_round(self, collector: RoundCollector, global_state: dict, received_state: dict | None = None
                          ) -> None:
@@ -150,6 +151,8 @@ class UpdateIntake:
                 current.accept(signer, record, score, contribution.num_samples)
                 self.copies.accept(signer, record.blob_digest, sketch)
                 self.store.add_pending(record.round, signer, payload)
+                if self.audit is not None:
+                    self.audit.accepted(self.store.db, record.round, signer, record.node_name)
                 self.accepted += 1
                 self.blob_sources[source] += 1
             log.info("round %d: accepted %s (%d samples claimed, weight %d, score %+.4g, via %s) in %.2fs "
@@ -283,6 +286,8 @@ class UpdateIntake:
                 current.refuse(signer, rejection.reason)
         log.warning("round %d: rejected update from %s: %s", round_number, name or "?", rejection)
         self.store.record_rejection(round_number, signer, name, rejection.reason, rejection.detail)
+        if self.audit is not None:
+            self.audit.refused(round_number, signer, name, rejection.reason, rejection.detail)
 
     # -- the DHT path ------------------------------------------------------------------
     async def sweep_dht(self, collector: RoundCollector) -> None:

@@ -15,6 +15,7 @@ from typing import Any
 from prime.bus.client import BusClient
 from prime.bus.liveness import LivenessTracker
 from prime.bus.topics import Topics
+from prime.coordinator.auditing import CoordinatorAudit
 from prime.coordinator.store import CoordinatorStore
 from prime.core.config import JobConfig
 from prime.core.identity import Identity
@@ -34,6 +35,8 @@ class CoordinatorServices:
     liveness: LivenessTracker
     #: Runs background work that the daemon cancels and awaits on close.
     spawn: Spawn
+    #: The node's audit log, through what the coordinator records in it (None: not audited, in unit tests).
+    audit: CoordinatorAudit | None = None
 
     async def dht_put(self, name: str, value: dict, ttl_s: float, what: str) -> None:
         """One retried, never-fatal DHT put under the coordinator's key."""

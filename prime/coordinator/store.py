@@ -14,6 +14,7 @@ import json
 import math
 import sqlite3
 import time
+from collections.abc import Callable
 from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -108,6 +109,9 @@ class RoundCommit:
     spend: Spend | None = None
     spend_detail: dict = field(default_factory=dict)
     stop: dict | None = None
+    #: More writes that commit with the round: each is called with the transaction's cursor and the
+    #: new version (the model registry's lineage and promotions, ``registry.record_commit``).
+    also_write: tuple[Callable[[sqlite3.Cursor, int], None], ...] = ()
 
 
 class CoordinatorStore:
@@ -331,4 +335,6 @@ class CoordinatorStore:
             prev = entry.hash
         if commit.spend is not None:
             budget_store.write_round(cur, commit.round, commit.spend, commit.spend_detail, commit.stop)
+        for write in commit.also_write:
+            write(cur, version)
         return version

@@ -348,6 +348,27 @@ class AdmissionConfig(_Section):
         return num_samples if self.listed(public_key) else min(num_samples, self.open_max_samples)
 
 
+class GatesConfig(_Section):
+    """Evaluation gates per registry stage: ``min_<metric>`` / ``max_<metric>`` thresholds on the
+    task's held-out metrics (``[gates.staging] min_accuracy = 0.9``). A committed version that
+    passes a stage's gates (and those of the stages below it) is promoted to it at commit; a
+    promotion by hand needs them too unless forced (``prime/coordinator/gates.py``). The metric
+    names are checked against the task's when the coordinator starts."""
+
+    staging: dict[str, float] = {}
+    production: dict[str, float] = {}
+
+    @field_validator("staging", "production")
+    @classmethod
+    def _thresholds(cls, value: dict[str, float]) -> dict[str, float]:
+        for key, bound in value.items():
+            if not re.fullmatch(r"(min|max)_[A-Za-z0-9_]+", key):
+                raise ValueError(f"gate {key!r}: write min_<metric> or max_<metric> (min_accuracy = 0.9)")
+            if bound != bound or bound in (float("inf"), float("-inf")):
+                raise ValueError(f"gate {key!r}: the threshold must be a finite number")
+        return value
+
+
 class JobConfig(_Section):
     job_id: str = Field("prime-job", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     #: The coordinator's public key (hex); trainers refuse announcements and models it did not sign.
@@ -366,6 +387,7 @@ class JobConfig(_Section):
     verification: VerificationConfig = VerificationConfig()
     #: Limits on wall time, rounds, device-hours, cost and trainer memory (``prime/core/budget.py``).
     budget: BudgetConfig = BudgetConfig()
+    gates: GatesConfig = GatesConfig()
 
     @field_validator("coordinator_key")
     @classmethod

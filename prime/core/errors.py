@@ -67,3 +67,7 @@ class UpdateRejected(PrimeError):
 class TaskError(PrimeError):
     """A task cannot be resolved (unknown name, entry point that fails to import) or its data
     cannot be read (the message names the file)."""
+
+
+class AuditError(PrimeError):
+    """An audit log cannot be written, or does not verify (the message names the first bad line)."""

@@ -24,6 +24,11 @@ from prime.tasks.registry import resolve_task
 MAX_WEIGHTS_BYTES = 1 << 40
 
 
+#: The weights file in an exported directory (``prime registry export --format dir``); its card is
+#: ``prime_model.json``. Not ``model.safetensors``: a transformers export keeps its own weights there.
+DIR_WEIGHTS = "prime_model.safetensors"
+
+
 def card_path(weights: str | Path) -> Path:
     return Path(weights).with_suffix(".json")
 
@@ -53,8 +58,11 @@ def read_card(path: str | Path) -> dict[str, Any]:
 
 
 def load_model(path: str | Path) -> nn.Module:
-    """The exported model at ``path``, built from its task and loaded, in eval mode."""
+    """The exported model at ``path`` (a weights file, or a directory holding one), built from its task
+    and loaded, in eval mode."""
     path = Path(path)
+    if path.is_dir():
+        path = path / DIR_WEIGHTS
     card = read_card(path)
     try:
         data = path.read_bytes()

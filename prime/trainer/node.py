@@ -30,6 +30,7 @@ from torch import nn
 
 import prime
 from prime import codecs
+from prime.audit import AuditLog
 from prime.bus.client import BusClient
 from prime.bus.liveness import Heartbeat
 from prime.bus.topics import Topics
@@ -64,6 +65,10 @@ from prime.trainer.overlap import AheadBlock, rebased
 from prime.trainer.utilization import Utilization
 
 log = logging.getLogger(__name__)
+
+#: Drops of signed announcements that go to the node's audit log (the first MAX_AUDITED_DROPS of each).
+AUDITED_DROPS = frozenset({"config_mismatch", "shard_mismatch", "bad_inline_model"})
+MAX_AUDITED_DROPS = 100
 
 DEFAULT_MQTT_URL = "mqtt://127.0.0.1:1883"
 
@@ -111,6 +116,7 @@ class TrainerNode:
         self.metrics = TrainMetrics(0.0, 0.0, 0.0, 0, 0, 0.0)
         self.rounds_trained = 0
         self.dropped: dict[str, int] = {}
+        self.audit: AuditLog | None = None  # the node's audit log (``create`` opens it)
         self._last_update: UpdateRecord | None = None  # the last update submitted, to re-sign for a new term
         self.update_codec = codecs.from_config(config.compression.update)
         self.model_codec = codecs.from_config(config.compression.model)
@@ -190,6 +196,9 @@ class TrainerNode:
             await peer.close()
             raise
         await asyncio.to_thread(node._resume)
+        node.audit = AuditLog.open(data_dir, identity)
+        node.audit.append("trainer_started", node_id=node_id, job_id=config.job_id,
+                          coordinator_key=config.coordinator_key, data_partition=data_partition)
         node.heartbeat.start(node.bus)
         node.metrics_file.start()
         log.info("trainer %s (%s) up at %s: task %s on %s, %s", node_id, identity.network_id, peer.address_str,
@@ -318,11 +327,16 @@ class TrainerNode:
         await self.bus.close()
         await self.peer.close()
         await asyncio.to_thread(self.engine.close)  # other ranks of a torchrun node return
+        if self.audit is not None:
+            self.audit.close()
 
     # -- the round ---------------------------------------------------------------------
     def _drop(self, reason: str, detail: object) -> None:
         self.dropped[reason] = self.dropped.get(reason, 0) + 1
         log.warning("dropped %s: %s", reason, detail)
+        # Refusals of what the pinned coordinator signed (junk anyone can send is only counted).
+        if reason in AUDITED_DROPS and self.audit is not None and self.dropped[reason] <= MAX_AUDITED_DROPS:
+            self.audit.append("round_refused", reason=reason, detail=str(detail))
 
     async def _listen(self) -> None:
         async for topic, payload in self.bus.messages():

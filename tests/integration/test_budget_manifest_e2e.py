@@ -120,6 +120,12 @@ def test_a_round_budget_stops_the_job_gracefully_and_a_spent_budget_refuses_to_s
     metrics = read_metrics(net.coordinator_dir)
     assert metrics["budget"]["notices"]["threshold:rounds"] == 1 and metrics["budget"]["stopped"]["round"] == 2
     assert "raise budget.rounds in" in str(again.value) and "rounds 2 of 2" in str(again.value), again.value
+    from prime.audit.verify import verify_log
+
+    audited = [json.loads(line) for line in (net.coordinator_dir / "audit.jsonl").read_text().splitlines()]
+    stops = [line["fields"] for line in audited if line["event"] == "budget_stop"]
+    assert [(s["limit"], s["round"]) for s in stops] == [("rounds", 2)], stops
+    assert verify_log(net.coordinator_dir, net.config.coordinator_public_key).ok
 
 
 USER_TASK_WITH_FILES = USER_TASK.replace(
