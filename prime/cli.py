@@ -10,6 +10,7 @@ from pathlib import Path
 
 from prime.console import LOG_LEVELS, hostport, hostport_list, run_main, setup_logging
 from prime.core.identity import Identity
+from prime.observability.endpoint import add_metrics_arguments
 
 
 def keygen(args: argparse.Namespace) -> int:
@@ -35,16 +36,20 @@ def dht_node(args: argparse.Namespace) -> int:
 
     setup_logging(args.log_level, "dht")
 
+    from prime.observability.endpoint import metrics_endpoint
+
     async def run(on_stop) -> int:
         host, port = args.listen
-        node = await DHTNode.create(host=host, port=port, bootstrap=args.bootstrap)
-        stopped = asyncio.Event()
-        on_stop(stopped.set)
-        print(f"dht node listening on {host}:{port}", flush=True)
-        try:
-            await stopped.wait()
-        finally:
-            await node.close()
+        async with metrics_endpoint(args, "dht", f"{host}:{port}") as metrics:
+            node = await DHTNode.create(host=host, port=port, bootstrap=args.bootstrap)
+            metrics.attach(node)
+            stopped = asyncio.Event()
+            on_stop(stopped.set)
+            print(f"dht node listening on {host}:{port}", flush=True)
+            try:
+                await stopped.wait()
+            finally:
+                await node.close()
         return 0
 
     return run_main(run)
@@ -93,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     n.add_argument("--listen", type=hostport, required=True)
     n.add_argument("--bootstrap", type=hostport_list, default=[])
     n.add_argument("--log-level", choices=LOG_LEVELS, default="warning")
+    add_metrics_arguments(n)
     n.set_defaults(func=dht_node)
 
     v = sub.add_parser("verify", help="recompute a coordinator's committed updates and report any that do not match")
