@@ -1,4 +1,4 @@
-"""``prime``: the umbrella command — ``demo``, ``keygen``, ``broker``, ``dht-node``, ``verify``."""
+"""``prime``: the umbrella command — ``demo``, ``init``, ``keygen``, ``broker``, ``dht-node``, ``verify``, ``report``."""
 
 from __future__ import annotations
 
@@ -70,6 +70,36 @@ def verify(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def init(args: argparse.Namespace) -> int:
+    """Keys, job.toml and the exact command of each process of a local network."""
+    from prime.core.errors import PrimeError
+    from prime.netinit import describe, init_network
+
+    try:
+        plan = init_network(args.directory, trainers=args.trainers, task=args.task, rounds=args.rounds,
+                            host=args.host, broker_port=args.broker_port, coordinator_port=args.coordinator_port,
+                            metrics_port=args.metrics_port, force=args.force)
+    except PrimeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps({"job": str(plan.job_file), "commands": plan.command_lines()}) if args.json else describe(plan))
+    return 0
+
+
+def report(args: argparse.Namespace) -> int:
+    """An HTML page with PNG charts of what a coordinator's data dir says happened."""
+    from prime.core.errors import PrimeError
+    from prime.observability.report import write_report
+
+    try:
+        page = write_report(args.data_dir, args.out)
+    except PrimeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(page)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="prime", description="prime: verifiable federated training.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -106,6 +136,25 @@ def main(argv: list[str] | None = None) -> int:
 
     add_arguments(v)
     v.set_defaults(func=verify)
+
+    i = sub.add_parser("init", help="create keys and job.toml for a local network; print each process's command")
+    i.add_argument("directory", type=Path, help="where job.toml and each node's data dir go")
+    i.add_argument("--trainers", type=int, required=True)
+    i.add_argument("--task", default="digits", help="digits (default) or stdlib-lm")
+    i.add_argument("--rounds", type=int, help="rounds to run (default: 20 for digits, 10 for stdlib-lm)")
+    i.add_argument("--host", default="127.0.0.1", help="address every process listens on (default 127.0.0.1)")
+    i.add_argument("--broker-port", type=int, default=1883)
+    i.add_argument("--coordinator-port", type=int, default=7000)
+    i.add_argument("--metrics-port", type=int,
+                   help="serve /metrics: the coordinator on this port, trainer K on this port + K")
+    i.add_argument("--force", action="store_true", help="write job.toml again (keys are always kept)")
+    i.add_argument("--json", action="store_true", help="print the job path and commands as one JSON object")
+    i.set_defaults(func=init)
+
+    r = sub.add_parser("report", help="write an HTML report with PNG charts of a coordinator's run")
+    r.add_argument("--data-dir", type=Path, required=True, help="the coordinator's data dir")
+    r.add_argument("--out", type=Path, required=True, help="directory for index.html, the charts and report.json")
+    r.set_defaults(func=report)
 
     args = p.parse_args(argv)
     return args.func(args)
