@@ -1,0 +1,93 @@
+"""The /metrics endpoint: a per-process registry served over real sockets; a taken port is
+refused at start with its number; bad requests cost nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import subprocess
+import sys
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from prime.core.errors import ConfigError
+from prime.observability.collectors import node_registry
+from prime.observability.families import budget, committed
+from prime.observability.server import MAX_REQUEST_BYTES, MetricsServer
+
+
+async def get(port: int, request: bytes) -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(request)
+    await writer.drain()
+    data = await reader.read()
+    writer.close()
+    return data
+
+
+async def test_serves_its_own_registry_and_refuses_a_taken_port():
+    registry, collector = node_registry("dht", "node-a")
+    server = await MetricsServer.start(registry, "127.0.0.1", 0)
+    try:
+        reply = await get(server.port, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        head, body = reply.split(b"\r\n\r\n", 1)
+        assert head.startswith(b"HTTP/1.1 200 OK") and b"text/plain" in head
+        families = {f.name: f for f in text_string_to_metric_families(body.decode())}
+        assert families["prime_node_info"].samples[0].labels == {"role": "dht", "node": "node-a"}
+        assert families["prime_resident_memory_bytes"].samples[0].value > 0
+        assert "python_gc_objects_collected" not in families  # not the global registry
+        assert (await get(server.port, b"GET /other HTTP/1.1\r\n\r\n")).startswith(b"HTTP/1.1 404")
+        assert (await get(server.port, b"POST /metrics HTTP/1.1\r\n\r\n")).startswith(b"HTTP/1.1 405")
+        assert await get(server.port, b"GET /" + b"a" * (2 * MAX_REQUEST_BYTES)) == b""  # oversized: dropped
+        with pytest.raises(ConfigError, match=rf"--metrics-port {server.port}: port {server.port} on 127.0.0.1 "
+                                              r"is already in use"):
+            await MetricsServer.start(registry, "127.0.0.1", server.port)
+        assert server.scrapes == 1
+        assert (await get(server.port, b"GET /metrics HTTP/1.0\r\n\r\n")).startswith(b"HTTP/1.1 200")
+    finally:
+        await server.close()
+
+
+def test_a_node_with_a_taken_metrics_port_fails_at_start_naming_it(port_factory):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        run = subprocess.run([sys.executable, "-m", "prime", "dht-node", "--listen", f"127.0.0.1:{port_factory()}",
+                              "--metrics-port", str(port)], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 2
+    assert run.stderr.strip() == (f"error: --metrics-port {port}: port {port} on 127.0.0.1 is already in use; "
+                                  f"choose a free port (or stop what holds it)")
+    assert "listening" not in run.stdout  # failed before the node started
+
+
+def test_round_histogram_and_rewards_come_from_the_committed_store():
+    import sqlite3
+
+    from prime.core.identity import Identity
+
+    a, b = Identity.generate().public_key, Identity.generate().public_key
+    db = sqlite3.connect(":memory:")
+    db.executescript("CREATE TABLE rounds(round INTEGER, seconds REAL);"
+                     "CREATE TABLE updates(node_key BLOB, node_name TEXT);"
+                     "CREATE TABLE ledger(node_key BLOB, amount INTEGER, kind TEXT);")
+    db.executemany("INSERT INTO rounds VALUES(?, ?)", [(1, 0.5), (2, 4.0), (3, 4000.0)])
+    db.executemany("INSERT INTO updates VALUES(?, ?)", [(a, "alice"), (b, "bob")])
+    db.executemany("INSERT INTO ledger VALUES(?, ?, ?)",
+                   [(a, 60_000_000, "reward"), (b, 40_000_000, "reward"), (b, -5_000_000, "slash")])
+    fams = {f.name: f for f in committed(db)}
+    assert fams["prime_rounds"].samples[0].value == 3
+    buckets = {s.labels["le"]: s.value for s in fams["prime_round_seconds"].samples if s.name.endswith("_bucket")}
+    assert (buckets["1.0"], buckets["5.0"], buckets["3600.0"], buckets["+Inf"]) == (1, 2, 2, 3)
+    total = [s.value for s in fams["prime_round_seconds"].samples if s.name.endswith("_sum")]
+    assert total == [4004.5]
+    rewards = {s.labels["node"]: s.value for s in fams["prime_reward_tokens"].samples}
+    assert rewards == {"alice": 60.0, "bob": 40.0}
+
+
+def test_budget_gauges_follow_their_source():
+    assert [f.samples for f in budget(dict)] == [[], []]  # no budget configured: families, no samples
+    spend, limit = budget(lambda: {"gpu_hours": (1.5, 10.0), "tokens": (3.0, 4.0)})
+    assert [(s.labels["limit"], s.value) for s in spend.samples] == [("gpu_hours", 1.5), ("tokens", 3.0)]
+    assert [(s.labels["limit"], s.value) for s in limit.samples] == [("gpu_hours", 10.0), ("tokens", 4.0)]
