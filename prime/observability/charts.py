@@ -13,6 +13,7 @@ from typing import Any
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.container import BarContainer
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 #: Timings keys the driver records per round; the rest of the round's wall time is "collect + aggregate".
 OTHER_PHASE = "collect_aggregate_s"
@@ -30,6 +31,11 @@ def _empty(ax: Any, message: str) -> None:
     ax.text(0.5, 0.5, message, ha="center", va="center", transform=ax.transAxes, fontsize=12, color="0.4")
     ax.set_xticks([])
     ax.set_yticks([])
+
+
+def _by_round(ax: Any) -> None:
+    ax.set_xlabel("round")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
 def png(fig: Figure) -> bytes:
@@ -74,7 +80,7 @@ def round_metrics(rounds: list[dict[str, Any]]) -> Figure:
         ax = fig.add_subplot(len(names), 1, i + 1, title=f"held-out {name}")
         points = [(r["round"], r["metrics"][name]) for r in rounds if r["metrics"].get(name) is not None]
         ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=name)
-        ax.set_xlabel("round")
+        _by_round(ax)
         ax.grid(alpha=0.3)
     return fig
 
@@ -85,7 +91,7 @@ def participants(rounds: list[dict[str, Any]]) -> Figure:
         _empty(ax, "no rounds committed yet")
         return fig
     ax.bar([r["round"] for r in rounds], [r["participants"] for r in rounds], label="participants", color="tab:blue")
-    ax.set_xlabel("round")
+    _by_round(ax)
     ax.set_ylabel("accepted updates")
     return fig
 
@@ -106,7 +112,7 @@ def round_time(rounds: list[dict[str, Any]]) -> Figure:
             heights = [float((r["timings"] or {}).get(phase, 0.0)) for r in rounds]
         ax.bar(x, heights, bottom=bottom, label=phase)
         bottom = [b + h for b, h in zip(bottom, heights)]
-    ax.set_xlabel("round")
+    _by_round(ax)
     ax.legend(fontsize=8)
     return fig
 
@@ -145,6 +151,6 @@ def budget_spend(budget: dict[str, dict[str, Any]]) -> Figure:
     for name, usage in sorted(budget.items()):
         (line,) = ax.plot(usage["rounds"], usage["spent"], marker="o", label=name)
         ax.axhline(usage["limit"], linestyle="--", color=line.get_color(), label=f"{name} limit")
-    ax.set_xlabel("round")
+    _by_round(ax)
     ax.legend(fontsize=8)
     return fig
