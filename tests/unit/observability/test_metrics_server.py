@@ -91,3 +91,34 @@ def test_budget_gauges_follow_their_source():
     spend, limit = budget(lambda: {"gpu_hours": (1.5, 10.0), "tokens": (3.0, 4.0)})
     assert [(s.labels["limit"], s.value) for s in spend.samples] == [("gpu_hours", 1.5), ("tokens", 3.0)]
     assert [(s.labels["limit"], s.value) for s in limit.samples] == [("gpu_hours", 10.0), ("tokens", 4.0)]
+
+
+def test_intake_and_trainer_families():
+    from prime.observability.families import intake, trainer
+
+    accepted, refused = intake({"accepted": 7, "rejected": {"stale": 2, "bad_signature": 1}})
+    assert accepted.samples[0].value == 7
+    assert [(s.labels["reason"], s.value) for s in refused.samples] == [("bad_signature", 1), ("stale", 2)]
+    fams = {f.name: f.samples[0].value for f in trainer(
+        {"rounds_trained": 3, "current_round": 4},
+        {"samples_per_second": 120.0, "tokens_per_second": 4096.0, "loss": 0.5})}
+    assert fams == {"prime_rounds_trained": 3, "prime_current_round": 4, "prime_samples_per_second": 120.0,
+                    "prime_tokens_per_second": 4096.0, "prime_train_loss": 0.5}
+
+
+async def test_a_large_transfer_logs_its_progress(caplog):
+    from prime.observability.progress import FETCH_PROGRESS_MIN_BYTES, transfer_progress
+
+    got = {"bytes": 0}
+    caplog.set_level("INFO", logger="prime.observability.progress")
+    async with transfer_progress("fetching model v3", FETCH_PROGRESS_MIN_BYTES, lambda: got["bytes"], every=0.01):
+        got["bytes"] = FETCH_PROGRESS_MIN_BYTES // 2
+        await asyncio.sleep(0.05)
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines[0] == "fetching model v3: 64.0 MiB"
+    assert any(line.startswith("fetching model v3: 32.0 MiB of 64.0 MiB (50%)") for line in lines)
+    assert lines[-1].startswith("fetching model v3: done in ")
+    caplog.clear()
+    async with transfer_progress("small", FETCH_PROGRESS_MIN_BYTES - 1, lambda: 0, every=0.01):
+        await asyncio.sleep(0.03)
+    assert caplog.records == []
