@@ -10,7 +10,7 @@ from pathlib import Path
 
 from prime.console import LOG_LEVELS, hostport, hostport_list, run_main, setup_logging
 from prime.core.identity import Identity
-from prime.observability.endpoint import add_metrics_arguments
+from prime.observability.endpoint import add_metrics_arguments, port_number
 
 
 def keygen(args: argparse.Namespace) -> int:
@@ -143,9 +143,9 @@ def main(argv: list[str] | None = None) -> int:
     i.add_argument("--task", default="digits", help="digits (default) or stdlib-lm")
     i.add_argument("--rounds", type=int, help="rounds to run (default: 20 for digits, 10 for stdlib-lm)")
     i.add_argument("--host", default="127.0.0.1", help="address every process listens on (default 127.0.0.1)")
-    i.add_argument("--broker-port", type=int, default=1883)
-    i.add_argument("--coordinator-port", type=int, default=7000)
-    i.add_argument("--metrics-port", type=int,
+    i.add_argument("--broker-port", type=port_number, default=1883)
+    i.add_argument("--coordinator-port", type=port_number, default=7000)
+    i.add_argument("--metrics-port", type=port_number,
                    help="serve /metrics: the coordinator on this port, trainer K on this port + K")
     i.add_argument("--force", action="store_true", help="write job.toml again (keys are always kept)")
     i.add_argument("--json", action="store_true", help="print the job path and commands as one JSON object")

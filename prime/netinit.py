@@ -47,6 +47,9 @@ def init_network(directory: str | Path, *, trainers: int, task: str = "digits", 
     job_file = directory / "job.toml"
     if job_file.exists() and not force:
         raise ConfigError(f"{job_file} exists; pass --force to write it again (the keys are kept either way)")
+    if metrics_port is not None and not 1 <= metrics_port <= 65535 - trainers:
+        raise ConfigError(f"--metrics-port {metrics_port}: ports {metrics_port}-{metrics_port + trainers} "
+                          f"(the coordinator's and one per trainer) must lie within 1-65535")
     rounds = rounds if rounds is not None else (10 if task == "stdlib-lm" else 20)
     if rounds < 1:
         raise ConfigError(f"--rounds {rounds}: run at least one round")

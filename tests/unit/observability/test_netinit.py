@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from prime.core.config import load_config
@@ -36,9 +38,11 @@ def test_writes_keys_and_a_job_that_admits_them(tmp_path):
     ({"trainers": 0}, "--trainers 0: a network needs at least one trainer"),
     ({"trainers": 1, "task": "nope"}, "--task 'nope': prime init writes jobs for digits, stdlib-lm"),
     ({"trainers": 1, "rounds": 0}, "--rounds 0: run at least one round"),
+    ({"trainers": 2, "metrics_port": 65534}, "--metrics-port 65534: ports 65534-65536 (the coordinator's and one "
+                                             "per trainer) must lie within 1-65535"),
 ])
 def test_bad_input_says_what(tmp_path, kwargs, message):
-    with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
+    with pytest.raises(ConfigError, match=re.escape(message)):
         init_network(tmp_path, **kwargs)
 
 

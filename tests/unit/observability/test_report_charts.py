@@ -52,3 +52,30 @@ def test_an_empty_chart_says_why(chart, data, title, message):
     fig = chart(data)
     assert charts.plotted(fig)[title] == {"series": {}, "categories": [], "message": message}
     assert charts.png(fig).startswith(b"\x89PNG")
+
+
+def test_a_fresh_coordinator_reports_empty_charts_and_bad_paths_say_what(tmp_path):
+    import json
+
+    from prime.coordinator.status import DB_NAME
+    from prime.coordinator.store import CoordinatorStore
+    from prime.core.errors import ConfigError, CoordinatorError
+    from prime.core.identity import Identity
+    from prime.observability.report import write_report
+
+    with pytest.raises(CoordinatorError, match=f"no coordinator database at {tmp_path / DB_NAME}"):
+        write_report(tmp_path, tmp_path / "out")
+    store = CoordinatorStore(tmp_path / DB_NAME)
+    store.bind_job("job-1", Identity.generate().public_key)
+    store.close()
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(ConfigError, match="is a file; give a directory"):
+        write_report(tmp_path, tmp_path / "a-file")
+    page = write_report(tmp_path, tmp_path / "out")
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["summary"]["rounds_committed"] == 0 and report["summary"]["job_id"] == "job-1"
+    assert {stem: next(iter(c["axes"].values()))["message"] for stem, c in report["charts"].items()} == {
+        "metrics": "no rounds committed yet", "participants": "no rounds committed yet",
+        "round_time": "no rounds committed yet", "rewards": "no rewards credited yet",
+        "refusals": "no updates refused", "budget": "no budget configured"}
+    assert page.read_text().count("<img ") == 6
