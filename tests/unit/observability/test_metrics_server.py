@@ -4,11 +4,9 @@ refused at start with its number; bad requests cost nothing."""
 from __future__ import annotations
 
 import asyncio
-import socket
-import subprocess
-import sys
 
 import pytest
+import torch
 from prometheus_client.parser import text_string_to_metric_families
 
 from prime.core.errors import ConfigError
@@ -47,19 +45,6 @@ async def test_serves_its_own_registry_and_refuses_a_taken_port():
         assert (await get(server.port, b"GET /metrics HTTP/1.0\r\n\r\n")).startswith(b"HTTP/1.1 200")
     finally:
         await server.close()
-
-
-def test_a_node_with_a_taken_metrics_port_fails_at_start_naming_it(port_factory):
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        port = taken.getsockname()[1]
-        run = subprocess.run([sys.executable, "-m", "prime", "dht-node", "--listen", f"127.0.0.1:{port_factory()}",
-                              "--metrics-port", str(port)], capture_output=True, text=True, timeout=60)
-    assert run.returncode == 2
-    assert run.stderr.strip() == (f"error: --metrics-port {port}: port {port} on 127.0.0.1 is already in use; "
-                                  f"choose a free port (or stop what holds it)")
-    assert "listening" not in run.stdout  # failed before the node started
 
 
 def test_round_histogram_and_rewards_come_from_the_committed_store():
@@ -122,3 +107,21 @@ async def test_a_large_transfer_logs_its_progress(caplog):
     async with transfer_progress("small", FETCH_PROGRESS_MIN_BYTES - 1, lambda: 0, every=0.01):
         await asyncio.sleep(0.03)
     assert caplog.records == []
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_gpu_memory_reports_what_cuda_holds():
+    from prime.observability.families import gpu_memory
+
+    held = torch.ones(1 << 20, device="cuda")  # 4 MiB
+    (family,) = gpu_memory()
+    values = {(s.labels["device"], s.labels["kind"]): s.value for s in family.samples}
+    assert values[(str(held.device.index), "allocated")] >= held.numel() * 4
+    assert values[(str(held.device.index), "reserved")] >= values[(str(held.device.index), "allocated")]
+
+
+def test_no_gpu_memory_samples_without_cuda_in_use(monkeypatch):
+    from prime.observability.families import gpu_memory
+
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)
+    assert [f.samples for f in gpu_memory()] == [[]]
