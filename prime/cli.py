@@ -10,7 +10,7 @@ from pathlib import Path
 
 from prime.console import LOG_LEVELS, hostport, hostport_list, run_main, setup_logging
 from prime.core.identity import Identity
-from prime.observability.endpoint import add_metrics_arguments, port_number
+from prime.observability.endpoint import MetricsEndpoint, add_metrics_arguments, port_number
 
 
 def keygen(args: argparse.Namespace) -> int:
@@ -36,23 +36,22 @@ def dht_node(args: argparse.Namespace) -> int:
 
     setup_logging(args.log_level, "dht")
 
-    from prime.observability.endpoint import metrics_endpoint
+    metrics = MetricsEndpoint(args, "dht", f"{args.listen[0]}:{args.listen[1]}")
 
     async def run(on_stop) -> int:
         host, port = args.listen
-        async with metrics_endpoint(args, "dht", f"{host}:{port}") as metrics:
-            node = await DHTNode.create(host=host, port=port, bootstrap=args.bootstrap)
-            metrics.attach(node)
-            stopped = asyncio.Event()
-            on_stop(stopped.set)
-            print(f"dht node listening on {host}:{port}", flush=True)
-            try:
-                await stopped.wait()
-            finally:
-                await node.close()
+        node = await DHTNode.create(host=host, port=port, bootstrap=args.bootstrap)
+        metrics.attach(node)
+        stopped = asyncio.Event()
+        on_stop(stopped.set)
+        print(f"dht node listening on {host}:{port}", flush=True)
+        try:
+            await stopped.wait()
+        finally:
+            await node.close()
         return 0
 
-    return run_main(run)
+    return run_main(metrics.serving(run))
 
 
 def demo(args: argparse.Namespace) -> int:

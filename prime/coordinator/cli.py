@@ -13,7 +13,7 @@ from prime.coordinator.export import export_version
 from prime.coordinator.status import format_status, read_status
 from prime.core.config import load_config
 from prime.core.errors import PrimeError
-from prime.observability.endpoint import add_metrics_arguments, metrics_endpoint
+from prime.observability.endpoint import MetricsEndpoint, add_metrics_arguments
 from prime.tasks.exported import card_path
 
 
@@ -71,25 +71,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--log-level", choices=LOG_LEVELS, default="info")
     add_metrics_arguments(p)
     args = p.parse_args(argv)
-    role = "standby" if args.standby else "coordinator"
-    setup_logging(args.log_level, role)
+    setup_logging(args.log_level, "standby" if args.standby else "coordinator")
+    metrics = MetricsEndpoint(args, "coordinator", "standby" if args.standby else "coordinator")
 
     async def run(on_stop) -> int:
         config = load_config(args.config)
-        async with metrics_endpoint(args, "coordinator", role) as metrics:
-            coordinator = await Coordinator.create(
-                config, data_dir=args.data_dir, listen=args.listen, mqtt_url=args.mqtt_url, bootstrap=args.bootstrap,
-                standby=args.standby, data_path=args.data_path,
-            )
-            metrics.attach(coordinator)
-            on_stop(coordinator.stop)
-            try:
-                await coordinator.run()
-            finally:
-                await coordinator.close()
+        coordinator = await Coordinator.create(
+            config, data_dir=args.data_dir, listen=args.listen, mqtt_url=args.mqtt_url, bootstrap=args.bootstrap,
+            standby=args.standby, data_path=args.data_path,
+        )
+        metrics.attach(coordinator)
+        on_stop(coordinator.stop)
+        try:
+            await coordinator.run()
+        finally:
+            await coordinator.close()
         return 0
 
-    return run_main(run)
+    return run_main(metrics.serving(run))
 
 
 if __name__ == "__main__":

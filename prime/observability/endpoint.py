@@ -1,13 +1,17 @@
 """``--metrics-port`` / ``--metrics-host`` for every node's command line, and the endpoint they open.
 
-Light to import: ``prime keygen`` and friends add no Prometheus import time."""
+A CLI wraps its main coroutine in ``endpoint.serving(main)`` (the port is bound, or refused,
+before anything slow starts) and calls ``endpoint.attach(node)`` once its node is up. Light
+to import: ``prime keygen`` and friends pay no Prometheus import time.
+"""
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
+
+Main = Callable[[Callable[[Callable[[], None]], None]], Awaitable[int | None]]
 
 
 def port_number(text: str) -> int:
@@ -28,21 +32,35 @@ def add_metrics_arguments(parser: argparse.ArgumentParser) -> None:
                         help="address the metrics endpoint binds (default 127.0.0.1: this machine only)")
 
 
-@contextlib.asynccontextmanager
-async def metrics_endpoint(args: argparse.Namespace, role: str, name: str,
-                           budget: Callable[[], dict[str, tuple[float, float]]] | None = None) -> AsyncIterator[Any]:
-    """Serve this process's metrics while the block runs (when ``--metrics-port`` is given);
-    ``attach`` the node to the ``NodeCollector`` it yields once the node is up. ``budget``
-    returns ``{limit: (spent, limit)}`` (``families.BudgetSource``)."""
-    from prime.observability.collectors import node_registry  # prometheus_client only for the nodes
-    from prime.observability.families import no_budget
-    from prime.observability.server import MetricsServer
+class MetricsEndpoint:
+    """One process's metrics: its registry, its node's collector, and the server when a port is given.
 
-    registry, collector = node_registry(role, name, budget or no_budget)
-    port = getattr(args, "metrics_port", None)
-    server = await MetricsServer.start(registry, getattr(args, "metrics_host", "127.0.0.1"), port) if port is not None else None
-    try:
-        yield collector
-    finally:
-        if server is not None:
-            await server.close()
+    ``budget`` returns ``{limit: (spent, limit)}`` (``families.BudgetSource``; none by default)."""
+
+    def __init__(self, args: argparse.Namespace, role: str, name: str,
+                 budget: Callable[[], dict[str, tuple[float, float]]] | None = None) -> None:
+        from prime.observability.collectors import node_registry
+        from prime.observability.families import no_budget
+
+        self.port: int | None = getattr(args, "metrics_port", None)
+        self.host: str = getattr(args, "metrics_host", "127.0.0.1")
+        self.registry, self.collector = node_registry(role, name, budget or no_budget)
+
+    def attach(self, node: Any) -> None:
+        """From now on, scrapes read ``node``'s live state."""
+        self.collector.attach(node)
+
+    def serving(self, main: Main) -> Main:
+        """``main`` with the endpoint open around it (``run_main(endpoint.serving(run))``)."""
+
+        async def run(on_stop: Callable[[Callable[[], None]], None]) -> int | None:
+            from prime.observability.server import MetricsServer
+
+            server = await MetricsServer.start(self.registry, self.host, self.port) if self.port is not None else None
+            try:
+                return await main(on_stop)
+            finally:
+                if server is not None:
+                    await server.close()
+
+        return run

@@ -17,7 +17,7 @@ from typing import Any
 from prime.console import LOG_LEVELS, hostport, hostport_list, run_main, setup_logging
 from prime.core.config import JobConfig, load_config
 from prime.core.errors import PrimeError
-from prime.observability.endpoint import add_metrics_arguments, metrics_endpoint
+from prime.observability.endpoint import MetricsEndpoint, add_metrics_arguments
 from prime.trainer.distributed import close_process_group, is_leader, leave_torchrun, resolve_device
 from prime.trainer.node import TrainerNode
 
@@ -78,25 +78,25 @@ def run_node(args: argparse.Namespace, node_class: type[TrainerNode] = TrainerNo
 
     async def run(on_stop) -> int:
         config = load_config(args.config)
-        async with metrics_endpoint(args, "trainer", args.node_id) as metrics:
-            node = await node_class.create(
-                args.node_id, config, data_dir=args.data_dir or Path("prime-data") / args.node_id,
-                coordinators=args.coordinators, mqtt_url=args.mqtt_url, listen=args.listen,
-                start_round=args.round, data_partition=args.data_partition, data_path=args.data_path,
-                device=args.device,
-            )
-            metrics.attach(node)
-            extra = prepare(node, config) if prepare else {}
-            on_stop(node.stop)
-            try:
-                await node.start_training()
-                print(json.dumps({**node.get_status(), **node.get_training_metrics(), **extra}), flush=True)
-            finally:
-                await node.close()
+        node = await node_class.create(
+            args.node_id, config, data_dir=args.data_dir or Path("prime-data") / args.node_id,
+            coordinators=args.coordinators, mqtt_url=args.mqtt_url, listen=args.listen,
+            start_round=args.round, data_partition=args.data_partition, data_path=args.data_path,
+            device=args.device,
+        )
+        metrics.attach(node)
+        extra = prepare(node, config) if prepare else {}
+        on_stop(node.stop)
+        try:
+            await node.start_training()
+            print(json.dumps({**node.get_status(), **node.get_training_metrics(), **extra}), flush=True)
+        finally:
+            await node.close()
         return 0
 
+    metrics = MetricsEndpoint(args, "trainer", args.node_id)
     try:
-        return run_main(run)
+        return run_main(metrics.serving(run))
     finally:
         close_process_group()
 

@@ -71,7 +71,7 @@ def test_init_run_scrape_report(tmp_path):
     root = tmp_path / "net"
     broker, coordinator, metrics = free_port(), free_port(), free_ports_in_a_row(3)
     printed = subprocess.run(
-        [str(BIN / "prime"), "init", str(root), "--trainers", "2", "--rounds", "2", "--broker-port", str(broker),
+        [str(BIN / "prime"), "init", str(root), "--trainers", "2", "--rounds", "3", "--broker-port", str(broker),
          "--coordinator-port", str(coordinator), "--metrics-port", str(metrics)],
         capture_output=True, text=True, check=True).stdout
     commands = [line.strip() for line in printed.splitlines() if line.startswith("  prime")]
@@ -80,7 +80,8 @@ def test_init_run_scrape_report(tmp_path):
     procs = run_printed(commands, ["broker", "coordinator", "trainer-001", "trainer-002"], tmp_path)
     db_path = root / "coordinator" / "coordinator.sqlite"
     try:
-        # While the job runs: scrape the coordinator once a round has committed, and each trainer.
+        # While the job runs: scrape the coordinator once a round has committed, and each trainer
+        # (three rounds, so the job is still running for two more when round 1 commits).
         deadline = time.monotonic() + 120
         while True:
             assert time.monotonic() < deadline, (tmp_path / "coordinator.log").read_text()[-3000:]
@@ -147,12 +148,12 @@ def test_init_run_scrape_report(tmp_path):
         ledger = dict(db.execute("SELECT u.node_name, SUM(l.amount) FROM ledger l JOIN (SELECT DISTINCT node_key, "
                                  "node_name FROM updates) u ON u.node_key = l.node_key WHERE l.kind='reward' "
                                  "GROUP BY u.node_name").fetchall())
-    assert [r[0] for r in rows] == [1, 2]
+    assert [r[0] for r in rows] == [1, 2, 3]
     charts = report["charts"]
     metrics_axes = charts["metrics"]["axes"]
     for name in json.loads(rows[0][3]):
         line = metrics_axes[f"held-out {name}"]["series"][name]
-        assert line["x"] == [1.0, 2.0]
+        assert line["x"] == [1.0, 2.0, 3.0]
         assert line["y"] == [json.loads(r[3])[name] for r in rows]
     bars = charts["participants"]["axes"]["trainers per round"]["series"]["participants"]
     assert bars["y"] == [float(r[1]) for r in rows]
@@ -167,4 +168,4 @@ def test_init_run_scrape_report(tmp_path):
         {name: amount / total for name, amount in ledger.items()})
     assert charts["refusals"]["axes"]["refused updates by reason"]["message"] == "no updates refused"
     assert charts["budget"]["axes"]["budget spend"]["message"] == "no budget configured"
-    assert report["summary"]["rounds_committed"] == 2 and report["summary"]["ledger_valid"] is True
+    assert report["summary"]["rounds_committed"] == 3 and report["summary"]["ledger_valid"] is True
