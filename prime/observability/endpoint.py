@@ -46,9 +46,11 @@ class MetricsEndpoint:
         self.host: str = getattr(args, "metrics_host", "127.0.0.1")
         self.registry, self.collector = node_registry(role, name, budget or no_budget)
 
-    def attach(self, node: Any) -> None:
-        """From now on, scrapes read ``node``'s live state."""
+    def attach(self, node: Any, budget: Callable[[], dict[str, tuple[float, float]]] | None = None) -> None:
+        """From now on, scrapes read ``node``'s live state (and ``budget``'s usage, when given)."""
         self.collector.attach(node)
+        if budget is not None:
+            self.collector.budget = budget
 
     def serving(self, main: Main) -> Main:
         """``main`` with the endpoint open around it (``run_main(endpoint.serving(run))``)."""

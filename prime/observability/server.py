@@ -23,6 +23,14 @@ MAX_REQUEST_BYTES = 8192
 REQUEST_TIMEOUT_S = 5.0
 
 
+def route(request: bytes) -> str:
+    """What a request head (any bytes from the network) asks for: ``metrics``, ``bad_method`` or ``not_found``."""
+    method, path = (request.split(b" ", 2) + [b"", b""])[:2]
+    if method != b"GET":
+        return "bad_method"
+    return "metrics" if path.split(b"?", 1)[0] in (b"/metrics", b"/") else "not_found"
+
+
 class MetricsServer:
     """``server = await MetricsServer.start(registry, host, port)``; ``await server.close()``."""
 
@@ -57,12 +65,12 @@ class MetricsServer:
         try:
             async with asyncio.timeout(REQUEST_TIMEOUT_S):
                 request = await reader.readuntil(b"\r\n\r\n")
-            method, path = (request.split(b" ", 2) + [b"", b""])[:2]
-            if method != b"GET":
-                status, body, kind = "405 Method Not Allowed", b"GET /metrics only\n", "text/plain"
-            elif path.split(b"?", 1)[0] in (b"/metrics", b"/"):
+            asked = route(request)
+            if asked == "metrics":
                 body, status, kind = generate_latest(self.registry), "200 OK", CONTENT_TYPE_LATEST
                 self.scrapes += 1
+            elif asked == "bad_method":
+                status, body, kind = "405 Method Not Allowed", b"GET /metrics only\n", "text/plain"
             else:
                 status, body, kind = "404 Not Found", b"try /metrics\n", "text/plain"
             writer.write(f"HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {len(body)}\r\n"
