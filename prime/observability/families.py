@@ -117,7 +117,7 @@ def trainer(status: dict[str, Any], training: dict[str, Any]) -> Iterator[Metric
     yield gauge("prime_samples_per_second", "Training throughput of the last round, samples per second.",
                 training["samples_per_second"])
     yield gauge("prime_tokens_per_second", "Training throughput of the last round, tokens per second "
-                "(0 for tasks without tokens).", training["tokens_per_second"])
+                "(samples x the task's tokens per sample; 1 for tasks without tokens).", training["tokens_per_second"])
     yield gauge("prime_train_loss", "Mean local training loss of the last round.", training["loss"])
 
 
