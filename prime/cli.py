@@ -1,5 +1,5 @@
-"""``prime``: the umbrella command — ``demo``, ``keygen``, ``broker``, ``dht-node``, ``verify``, ``manifest``,
-``audit``, ``registry``."""
+"""``prime``: the umbrella command — ``demo``, ``init``, ``keygen``, ``broker``, ``dht-node``, ``verify``, ``report``,
+``manifest``, ``audit``, ``registry``."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from pathlib import Path
 
 from prime.console import LOG_LEVELS, hostport, hostport_list, run_main, setup_logging
 from prime.core.identity import Identity
+from prime.observability.endpoint import MetricsEndpoint, add_metrics_arguments, port_number
 
 
 def keygen(args: argparse.Namespace) -> int:
@@ -36,9 +37,12 @@ def dht_node(args: argparse.Namespace) -> int:
 
     setup_logging(args.log_level, "dht")
 
+    metrics = MetricsEndpoint(args, "dht", f"{args.listen[0]}:{args.listen[1]}")
+
     async def run(on_stop) -> int:
         host, port = args.listen
         node = await DHTNode.create(host=host, port=port, bootstrap=args.bootstrap)
+        metrics.attach(node)
         stopped = asyncio.Event()
         on_stop(stopped.set)
         print(f"dht node listening on {host}:{port}", flush=True)
@@ -48,7 +52,7 @@ def dht_node(args: argparse.Namespace) -> int:
             await node.close()
         return 0
 
-    return run_main(run)
+    return run_main(metrics.serving(run))
 
 
 def demo(args: argparse.Namespace) -> int:
@@ -82,6 +86,34 @@ def registry(args: argparse.Namespace) -> int:
     from prime.coordinator.registry_cli import run
 
     return run(args)
+def init(args: argparse.Namespace) -> int:
+    """Keys, job.toml and the exact command of each process of a local network."""
+    from prime.core.errors import PrimeError
+    from prime.netinit import describe, init_network
+
+    try:
+        plan = init_network(args.directory, trainers=args.trainers, task=args.task, rounds=args.rounds,
+                            host=args.host, broker_port=args.broker_port, coordinator_port=args.coordinator_port,
+                            metrics_port=args.metrics_port, force=args.force)
+    except PrimeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps({"job": str(plan.job_file), "commands": plan.command_lines()}) if args.json else describe(plan))
+    return 0
+
+
+def report(args: argparse.Namespace) -> int:
+    """An HTML page with PNG charts of what a coordinator's data dir says happened."""
+    from prime.core.errors import PrimeError
+    from prime.observability.report import write_report
+
+    try:
+        page = write_report(args.data_dir, args.out)
+    except PrimeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(page)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -112,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     n.add_argument("--listen", type=hostport, required=True)
     n.add_argument("--bootstrap", type=hostport_list, default=[])
     n.add_argument("--log-level", choices=LOG_LEVELS, default="warning")
+    add_metrics_arguments(n)
     n.set_defaults(func=dht_node)
 
     v = sub.add_parser("verify", help="recompute a coordinator's committed updates and report any that do not match")
@@ -137,6 +170,24 @@ def main(argv: list[str] | None = None) -> int:
     r = sub.add_parser("registry", help="model versions: list, show, diff, export, promote, annotate")
     add_registry_arguments(r)
     r.set_defaults(func=registry)
+    i = sub.add_parser("init", help="create keys and job.toml for a local network; print each process's command")
+    i.add_argument("directory", type=Path, help="where job.toml and each node's data dir go")
+    i.add_argument("--trainers", type=int, required=True)
+    i.add_argument("--task", default="digits", help="digits (default) or stdlib-lm")
+    i.add_argument("--rounds", type=int, help="rounds to run (default: 20 for digits, 10 for stdlib-lm)")
+    i.add_argument("--host", default="127.0.0.1", help="address every process listens on (default 127.0.0.1)")
+    i.add_argument("--broker-port", type=port_number, default=1883)
+    i.add_argument("--coordinator-port", type=port_number, default=7000)
+    i.add_argument("--metrics-port", type=port_number,
+                   help="serve /metrics: the coordinator on this port, trainer K on this port + K")
+    i.add_argument("--force", action="store_true", help="write job.toml again (keys are always kept)")
+    i.add_argument("--json", action="store_true", help="print the job path and commands as one JSON object")
+    i.set_defaults(func=init)
+
+    r = sub.add_parser("report", help="write an HTML report with PNG charts of a coordinator's run")
+    r.add_argument("--data-dir", type=Path, required=True, help="the coordinator's data dir")
+    r.add_argument("--out", type=Path, required=True, help="directory for index.html, the charts and report.json")
+    r.set_defaults(func=report)
 
     args = p.parse_args(argv)
     return args.func(args)

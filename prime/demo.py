@@ -26,6 +26,7 @@ from prime.core.config import JobConfig, dump_toml, parse_config
 from prime.core.errors import CoordinatorError, PrimeError
 from prime.core.identity import Identity
 from prime.core.net import free_port
+from prime.observability.progress import bar as progress_bar
 from prime.tasks import task_of
 
 
@@ -83,8 +84,11 @@ class LocalNetwork:
 
     def __init__(self, workdir: Path, trainers: int, rounds: int, local_epochs: int = 2, *,
                  task: str | dict[str, Any] = "digits", local_steps: int | None = None,
-                 extra_admitted: dict[str, str] | None = None, **overrides: Any) -> None:
+                 extra_admitted: dict[str, str] | None = None, metrics: bool = False, **overrides: Any) -> None:
         self.workdir = Path(workdir).resolve()
+        #: With ``metrics``, every process serves /metrics on a free port: process name → port.
+        self.metrics = metrics
+        self.metrics_ports: dict[str, int] = {}
         self.logs = self.workdir / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
         self.broker_port, self.dht_port, self.coordinator_port = free_port(), free_port(), free_port()
@@ -104,6 +108,12 @@ class LocalNetwork:
     def trainer_dir(self, name: str) -> Path:
         return self.workdir / name
 
+    def _metrics_flag(self, name: str) -> list[str]:
+        if not self.metrics:
+            return []
+        self.metrics_ports[name] = port = free_port()
+        return ["--metrics-port", str(port)]
+
     def _spawn(self, name: str, *args: str) -> subprocess.Popen:
         log = open(self.logs / f"{name}.log", "ab")
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -115,14 +125,15 @@ class LocalNetwork:
 
     def start_infrastructure(self) -> None:
         self._spawn("broker", "-m", "prime", "broker", "--listen", f"127.0.0.1:{self.broker_port}")
-        self._spawn("dht", "-m", "prime", "dht-node", "--listen", f"127.0.0.1:{self.dht_port}")
+        self._spawn("dht", "-m", "prime", "dht-node", "--listen", f"127.0.0.1:{self.dht_port}",
+                    *self._metrics_flag("dht"))
         _wait_for_port(self.broker_port, self.procs["broker"], self.logs / "broker.log")
 
     def start_coordinator(self, *extra: str) -> subprocess.Popen:
         return self._spawn(
             "coordinator", "-m", "prime.coordinator.cli", "--config", str(self.config_path),
             "--data-dir", str(self.coordinator_dir), "--listen", f"127.0.0.1:{self.coordinator_port}",
-            "--bootstrap", f"127.0.0.1:{self.dht_port}", *extra,
+            "--bootstrap", f"127.0.0.1:{self.dht_port}", *self._metrics_flag("coordinator"), *extra,
         )
 
     def start_standby(self) -> subprocess.Popen:
@@ -135,7 +146,7 @@ class LocalNetwork:
         return self._spawn(
             "standby", "-m", "prime.coordinator.cli", "--standby", "--config", str(self.config_path),
             "--data-dir", str(self.standby_dir), "--listen", f"127.0.0.1:{self.standby_port}",
-            "--bootstrap", f"127.0.0.1:{self.dht_port}",
+            "--bootstrap", f"127.0.0.1:{self.dht_port}", *self._metrics_flag("standby"),
         )
 
     def start_trainer(self, index: int, *extra: str, ranks: int = 1, program: list[str] | None = None
@@ -150,7 +161,7 @@ class LocalNetwork:
         return self._spawn(
             name, *launcher, *(program or ["-m", "prime.trainer.cli"]), "--node-id", name,
             "--config", str(self.config_path), "--coordinators", ",".join(f"127.0.0.1:{port}" for port in ports),
-            "--data-dir", str(self.trainer_dir(name)), *extra,
+            "--data-dir", str(self.trainer_dir(name)), *self._metrics_flag(name), *extra,
         )
 
     def start_all(self) -> None:
@@ -241,22 +252,24 @@ def run_demo(*, trainers: int, rounds: int, workdir: Path | None, as_json: bool,
             f"{trainers} trainers (each a separate process)")
         say(f"{'round':>7} " + " ".join(f"{m:>13}" for m in headline) + f" {'trainers':>8} {'seconds':>8}")
         shown, status = 0, None
-        while True:
-            status = net.status() or status
-            for row in (status or {}).get("rounds", [])[shown:]:
-                values = " ".join(f"{row['metrics'].get(m, float('nan')):>13.4f}" for m in headline)
-                say(f"{row['round']:>4}/{rounds:<2} {values} {row['participants']:>8} {row['seconds']:>8.2f}",
-                    flush=True)
-                shown += 1
-            if shown >= rounds:
-                break
-            died = {n: rc for n, rc in net.dead().items() if rc != 0 or n in ("broker", "dht", "coordinator")}
-            if died:
-                name = next(iter(died))
-                print(f"error: {name} exited with code {died[name]}; last lines of its log:\n{net.log_tail(name)}",
-                      file=sys.stderr)
-                return 1
-            time.sleep(0.2)
+        with progress_bar("rounds committed", rounds, enabled=not as_json) as progress:  # stderr, terminals only
+            while True:
+                status = net.status() or status
+                for row in (status or {}).get("rounds", [])[shown:]:
+                    values = " ".join(f"{row['metrics'].get(m, float('nan')):>13.4f}" for m in headline)
+                    say(f"{row['round']:>4}/{rounds:<2} {values} {row['participants']:>8} {row['seconds']:>8.2f}",
+                        flush=True)
+                    shown += 1
+                    progress.advance(progress.task_ids[0])
+                if shown >= rounds:
+                    break
+                died = {n: rc for n, rc in net.dead().items() if rc != 0 or n in ("broker", "dht", "coordinator")}
+                if died:
+                    name = next(iter(died))
+                    print(f"error: {name} exited with code {died[name]}; last lines of its log:\n"
+                          f"{net.log_tail(name)}", file=sys.stderr)
+                    return 1
+                time.sleep(0.2)
         # Let trainers see the final commit and exit on their own.
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and any(net.procs[n].poll() is None for n in net.trainer_names):
@@ -292,4 +305,5 @@ def run_demo(*, trainers: int, rounds: int, workdir: Path | None, as_json: bool,
     print(f"artifacts: {net.workdir}  (job.toml, logs/, coordinator/coordinator.sqlite, */blobs/)")
     print(f"inspect:   prime-coordinator status --data-dir {net.coordinator_dir}")
     print(f"export:    prime-coordinator export --data-dir {net.coordinator_dir} --out model.safetensors")
+    print(f"report:    prime report --data-dir {net.coordinator_dir} --out {net.workdir / 'report'}")
     return 0

@@ -36,6 +36,16 @@ from prime.blobs.wire import (
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
+
+class ReceivedBytes:
+    """Blob body bytes this process has received (verified or not): ``/metrics`` bytes in, and
+    what a long model fetch's progress reads while it runs."""
+
+    total: int = 0
+
+
+received = ReceivedBytes()
+
 async def fetch_blob(
     host: str,
     port: int,
@@ -103,6 +113,7 @@ async def _receive(receiver: "_Receiver", digest: str, where: str, max_bytes: in
     while hashed < size:
         filled = await receiver.filled_past(min(size, hashed + HASH_SEGMENT_BYTES), timeout)
         await run_sized(filled - hashed, hasher.update, body[hashed:filled])
+        received.total += filled - hashed
         hashed = filled
     if (actual := hasher.hexdigest()) != digest:
         raise BlobError(f"blob from {where} failed verification: digest mismatch: expected {digest}, "

@@ -121,6 +121,8 @@ class BusMetrics:
     connects: int = 0
     reconnects: int = 0
     failed_attempts: int = 0
+    bytes_published: int = 0
+    bytes_received: int = 0
 
 
 class BusClient:
@@ -317,6 +319,7 @@ class BusClient:
                 await self._reconnect(generation, exc)
                 continue
             self.metrics.published += 1
+            self.metrics.bytes_published += len(payload)
             return
 
     async def subscribe(self, topic: str, qos: int = 1) -> None:
@@ -354,6 +357,7 @@ class BusClient:
                         )
                         continue
                     self.metrics.received += 1
+                    self.metrics.bytes_received += len(payload)
                     yield message.topic.value, bytes(payload)
             except aiomqtt.MqttError as exc:
                 if self._closed:

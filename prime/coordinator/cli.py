@@ -13,6 +13,7 @@ from prime.coordinator.export import export_version
 from prime.coordinator.status import format_status, read_status
 from prime.core.config import load_config
 from prime.core.errors import PrimeError
+from prime.observability.endpoint import MetricsEndpoint, add_metrics_arguments
 from prime.tasks.exported import card_path
 
 
@@ -73,8 +74,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--manifest", type=Path, help="the job manifest (prime manifest build): its digest is signed into "
                                                   "every announcement, and trainers whose data differs do not train")
     p.add_argument("--log-level", choices=LOG_LEVELS, default="info")
+    add_metrics_arguments(p)
     args = p.parse_args(argv)
     setup_logging(args.log_level, "standby" if args.standby else "coordinator")
+    metrics = MetricsEndpoint(args, "coordinator", "standby" if args.standby else "coordinator")
 
     async def run(on_stop) -> int:
         config = load_config(args.config)
@@ -82,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
             config, data_dir=args.data_dir, listen=args.listen, mqtt_url=args.mqtt_url, bootstrap=args.bootstrap,
             standby=args.standby, data_path=args.data_path, device=args.device, manifest=args.manifest,
         )
+        metrics.attach(coordinator, budget=coordinator.driver.budget.usage)
         on_stop(coordinator.stop)
         try:
             await coordinator.run()
@@ -89,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
             await coordinator.close()
         return 0
 
-    return run_main(run)
+    return run_main(metrics.serving(run))
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from prime.coordinator.status import open_read_only
 from prime.core import tensors
 from prime.core.errors import CoordinatorError
 from prime.blobs.store import BlobStore
+from prime.observability.progress import steps
 from prime.tasks.exported import MAX_WEIGHTS_BYTES, write_model
 
 
@@ -41,8 +42,6 @@ def export_version(data_dir: str | Path, version: str, out: str | Path) -> dict[
         db.close()
     if "task" not in meta:
         raise CoordinatorError(f"{path} records no task (written by an older prime); cannot build a model card")
-    blob = BlobStore(data_dir / "blobs").read_bytes(digest)  # re-verified against its digest
-    state = tensors.decode_state(bytearray(blob), max_bytes=MAX_WEIGHTS_BYTES)
     card = {
         "job_id": meta.get("job_id"),
         "task": meta["task"],
@@ -55,4 +54,11 @@ def export_version(data_dir: str | Path, version: str, out: str | Path) -> dict[
         "coordinator_key": meta.get("coordinator_key"),
         "prime_version": __version__,
     }
-    return write_model(out, state, card)
+    with steps(f"exporting model v{number}", 3) as advance:  # read + verify, decode, write: each can be long
+        blob = BlobStore(data_dir / "blobs").read_bytes(digest)  # re-verified against its digest
+        advance()
+        state = tensors.decode_state(bytearray(blob), max_bytes=MAX_WEIGHTS_BYTES)
+        advance()
+        card = write_model(out, state, card)
+        advance()
+    return card

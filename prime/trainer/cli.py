@@ -17,6 +17,7 @@ from typing import Any
 from prime.console import LOG_LEVELS, hostport, hostport_list, run_main, setup_logging
 from prime.core.config import JobConfig, load_config
 from prime.core.errors import PrimeError
+from prime.observability.endpoint import MetricsEndpoint, add_metrics_arguments
 from prime.trainer.distributed import close_process_group, is_leader, leave_torchrun, resolve_device
 from prime.trainer.node import TrainerNode
 
@@ -35,6 +36,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--data-path", type=Path, help="data directory or file, for tasks that read files")
     p.add_argument("--device", choices=("cpu", "cuda"), help="where to train (default: the local GPU if any, else cpu)")
     p.add_argument("--log-level", choices=LOG_LEVELS, default="info")
+    add_metrics_arguments(p)
     return p.parse_args(argv)
 
 
@@ -82,6 +84,7 @@ def run_node(args: argparse.Namespace, node_class: type[TrainerNode] = TrainerNo
             start_round=args.round, data_partition=args.data_partition, data_path=args.data_path,
             device=args.device,
         )
+        metrics.attach(node)
         extra = prepare(node, config) if prepare else {}
         on_stop(node.stop)
         try:
@@ -91,8 +94,9 @@ def run_node(args: argparse.Namespace, node_class: type[TrainerNode] = TrainerNo
             await node.close()
         return 0
 
+    metrics = MetricsEndpoint(args, "trainer", args.node_id)
     try:
-        return run_main(run)
+        return run_main(metrics.serving(run))
     finally:
         close_process_group()
 

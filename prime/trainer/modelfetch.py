@@ -24,8 +24,9 @@ from prime.core.identity import Identity
 from prime.core.net import parse_hostport
 from prime.core.records import RoundAnnouncement
 from prime.core.retry import with_retries
-from prime.blobs.fetch import fetch_verified
+from prime.blobs.fetch import fetch_verified, received
 from prime.dht.peer import Peer
+from prime.observability.progress import transfer_progress
 from prime.dht.swarm import DEFAULT_SEED_CLIENTS, announce_provider, fetch_with_peers, provider_lookup
 
 log = logging.getLogger(__name__)
@@ -50,9 +51,11 @@ class ModelFetcher:
 
     async def fetch(self, ann: RoundAnnouncement) -> memoryview:
         """The verified bytes of the model ``ann`` names; raises ``BlobError`` if no provider delivered it."""
-        if self.config.network.peer_assists(ann.model_size):
-            return await self._fetch_peer_assisted(ann)
-        return await self._fetch_from_coordinator(ann)
+        async with transfer_progress(f"fetching model v{ann.model_version}", ann.model_size,
+                                     lambda: received.total):
+            if self.config.network.peer_assists(ann.model_size):
+                return await self._fetch_peer_assisted(ann)
+            return await self._fetch_from_coordinator(ann)
 
     async def _fetch_from_coordinator(self, ann: RoundAnnouncement) -> memoryview:
         """Into memory only: nobody fetches a small model from a trainer, so it is not stored."""

@@ -126,6 +126,12 @@ def test_a_round_budget_stops_the_job_gracefully_and_a_spent_budget_refuses_to_s
     stops = [line["fields"] for line in audited if line["event"] == "budget_stop"]
     assert [(s["limit"], s["round"]) for s in stops] == [("rounds", 2)], stops
     assert verify_log(net.coordinator_dir, net.config.coordinator_public_key).ok
+    from prime.observability.report import write_report
+
+    write_report(net.coordinator_dir, tmp_path / "report")  # prime report: the budget chart holds the spend
+    chart = json.loads((tmp_path / "report" / "report.json").read_text())["charts"]["budget"]["axes"]["budget spend"]
+    assert chart["series"]["rounds"]["y"] == [1.0, 2.0]
+    assert chart["series"]["cost"]["y"][-1] == pytest.approx(budget["spent"]["cost"])
 
 
 USER_TASK_WITH_FILES = USER_TASK.replace(
