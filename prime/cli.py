@@ -1,4 +1,4 @@
-"""``prime``: the umbrella command — ``demo``, ``keygen``, ``broker``, ``dht-node``, ``verify``."""
+"""``prime``: the umbrella command — ``demo``, ``keygen``, ``broker``, ``dht-node``, ``verify``, ``state``."""
 
 from __future__ import annotations
 
@@ -100,6 +100,11 @@ def main(argv: list[str] | None = None) -> int:
 
     add_arguments(v)
     v.set_defaults(func=verify)
+
+    s = sub.add_parser("state", help="state keys: keygen, rotate-key (sealed checkpoints and snapshots)")
+    from prime.state_cli import add_arguments as add_state_arguments
+
+    add_state_arguments(s)
 
     args = p.parse_args(argv)
     return args.func(args)

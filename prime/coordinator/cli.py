@@ -13,6 +13,7 @@ from prime.coordinator.export import export_version
 from prime.coordinator.status import format_status, read_status
 from prime.core.config import load_config
 from prime.core.errors import PrimeError
+from prime.sealing import resolve_state_key
 from prime.tasks.exported import card_path
 
 
@@ -67,6 +68,9 @@ def main(argv: list[str] | None = None) -> int:
                         "(copy the primary's node.key into this --data-dir)")
     p.add_argument("--data-path", type=Path, help="data directory or file, for tasks that read files "
                                                    "(the held-out validation set comes from it)")
+    p.add_argument("--state-key-file", type=Path,
+                   help="seal snapshots and server state with this key (0600 file from `prime state keygen`; "
+                        "a standby needs the primary's; default: $PRIME_STATE_KEY if set, else plaintext)")
     p.add_argument("--log-level", choices=LOG_LEVELS, default="info")
     args = p.parse_args(argv)
     setup_logging(args.log_level, "standby" if args.standby else "coordinator")
@@ -75,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         config = load_config(args.config)
         coordinator = await Coordinator.create(
             config, data_dir=args.data_dir, listen=args.listen, mqtt_url=args.mqtt_url, bootstrap=args.bootstrap,
-            standby=args.standby, data_path=args.data_path,
+            standby=args.standby, data_path=args.data_path, state_key=resolve_state_key(args.state_key_file),
         )
         on_stop(coordinator.stop)
         try:

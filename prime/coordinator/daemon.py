@@ -23,6 +23,7 @@ from prime.bus.topics import Topics
 from prime.coordinator.driver import RoundDriver
 from prime.coordinator.intake import UpdateIntake
 from prime.coordinator.leadership import Leadership
+from prime.coordinator.sealed_state import bind_state_key
 from prime.coordinator.services import CoordinatorServices
 from prime.coordinator.standby import StandbyRole
 from prime.coordinator.status import DB_NAME
@@ -33,6 +34,7 @@ from prime.core.errors import CoordinatorError, DecodeError
 from prime.core.identity import Identity
 from prime.core.records import RoundAnnouncement, RoundCommitted, StandbyStatus
 from prime.dht.peer import Peer
+from prime.sealing import Sealer, StateKey
 from prime.tasks import task_of
 from prime.telemetry import METRICS_FILE, MetricsFile
 
@@ -43,7 +45,8 @@ EMBEDDED_BROKER = ("127.0.0.1", 1883)
 
 class Coordinator:
     def __init__(self, config: JobConfig, identity: Identity, store: CoordinatorStore, peer: Peer,
-                 broker: EmbeddedBroker | None, mqtt_url: str, *, standby: bool = False, data_path=None) -> None:
+                 broker: EmbeddedBroker | None, mqtt_url: str, *, standby: bool = False, data_path=None,
+                 sealer: Sealer | None = None) -> None:
         self.config = config
         self.broker = broker
         topics = Topics(config.job_id)
@@ -57,7 +60,8 @@ class Coordinator:
         )
         self._tasks: set[asyncio.Task] = set()
         self.services = CoordinatorServices(config, identity, store, peer, bus, topics,
-                                            LivenessTracker(timeout_s=3 * net.heartbeat_interval), self._spawn)
+                                            LivenessTracker(timeout_s=3 * net.heartbeat_interval), self._spawn,
+                                            sealer or Sealer())
         self.leadership = Leadership(store.path.parent, identity.public_key, peer.address_str, net.heartbeat_interval)
         self.intake = UpdateIntake(config, store, peer, self._spawn)
         self.driver = RoundDriver(self.services, self.leadership, self.intake, task_of(config), data_path=data_path)
@@ -73,7 +77,7 @@ class Coordinator:
     async def create(
         cls, config: JobConfig, *, data_dir: str | Path, listen: tuple[str, int] = ("127.0.0.1", 0),
         mqtt_url: str | None = None, bootstrap: list[tuple[str, int]] = (), standby: bool = False,
-        data_path: str | Path | None = None,
+        data_path: str | Path | None = None, state_key: StateKey | None = None,
     ) -> "Coordinator":
         if not config.admission.open and not config.admission.trainers:
             raise CoordinatorError(
@@ -90,6 +94,7 @@ class Coordinator:
         task_of(config)  # an unknown task or a bad option fails here, before anything is opened
         store = CoordinatorStore(data_dir / DB_NAME)
         store.bind_job(config.job_id, identity.public_key)
+        bind_state_key(store, state_key)  # a wrong state key stops here, before anything is opened
         broker = None
         url = mqtt_url or config.network.mqtt_url
         if url is None:
@@ -101,7 +106,7 @@ class Coordinator:
         )
         try:
             coordinator = cls(config, identity, store, peer, broker, url, standby=standby,
-                              data_path=Path(data_path) if data_path else None)
+                              data_path=Path(data_path) if data_path else None, sealer=Sealer(state_key))
             await coordinator.services.bus.connect()
             await coordinator.driver.prepare()
         except BaseException:
@@ -235,4 +240,5 @@ class Coordinator:
             "bus": s.bus.metrics,
             "liveness": {"accepted": s.liveness.accepted, "dropped": dict(s.liveness.dropped)},
             "coordination": {"dropped": dict(self.dropped_coordination)},
+            "state": s.sealer.metrics(),
         }

@@ -67,3 +67,12 @@ class UpdateRejected(PrimeError):
 class TaskError(PrimeError):
     """A task cannot be resolved (unknown name, entry point that fails to import) or its data
     cannot be read (the message names the file)."""
+
+
+class StateKeyError(PrimeError):
+    """The state key and the state on disk do not go together (no key for sealed state, a key
+    for unsealed state, another key), or a key file is unusable. Fatal: nothing is modified."""
+
+
+class SealedFileError(DecodeError):
+    """A sealed state file fails its MAC, is truncated or malformed: skip it for an older one."""

@@ -53,6 +53,7 @@ from prime.blobs.fetch import fetch_verified
 from prime.dht.peer import Peer
 from prime.tasks import task_of
 from prime.telemetry import METRICS_FILE, MetricsFile
+from prime.sealing import Sealer, StateKey
 from prime.trainer.checkpoint import AUTO_PREFIX, CheckpointStore
 from prime.trainer.distributed import resolve_device
 from prime.trainer.engine import LocalEngine, LocalWork, RoundKey, TrainMetrics
@@ -107,6 +108,8 @@ class TrainerNode:
         self.is_training = False
         self.metrics = TrainMetrics(0.0, 0.0, 0.0, 0, 0, 0.0)
         self.rounds_trained = 0
+        #: fault_tolerance.checkpoint_interval counts seconds from here (or from the last checkpoint).
+        self._checkpointed_at = time.monotonic()
         self.dropped: dict[str, int] = {}
         self._last_update: UpdateRecord | None = None  # the last update submitted, to re-sign for a new term
         self.update_codec = codecs.from_config(config.compression.update)
@@ -141,13 +144,15 @@ class TrainerNode:
         device: str | None = None,
         model: nn.Module | None = None,
         data: Split | None = None,
+        state_key: StateKey | None = None,
     ) -> "TrainerNode":
         """Open identity, local state, DHT and blob peer, and the bus; resume from checkpoints.
 
         The model and data come from the job's task unless ``model`` / ``data`` are given (an
         embedded trainer's own module, whose state must match the task's, and its own data).
         Without ``data`` the node trains on the shard each announcement assigns it, or on
-        ``data_partition`` alone (a round assigning another shard is refused)."""
+        ``data_partition`` alone (a round assigning another shard is refused). With ``state_key``
+        its checkpoints are sealed (``prime/sealing.py``); a key that does not open them stops here."""
         if config.coordinator_public_key is None:
             raise TrainerError("job config has no coordinator_key: trainers only follow a pinned coordinator")
         if data_partition is not None and not 0 <= data_partition < config.num_shards:
@@ -168,7 +173,9 @@ class TrainerNode:
                 await asyncio.to_thread(engine.use_shard, shard, config.num_shards)
             except PrimeError as exc:  # a round that assigns it fails alone; the node keeps serving
                 log.warning("shard %d does not load yet (%s); trying again when a round assigns it", shard, exc)
-        checkpoints = CheckpointStore(data_dir / "checkpoints", keep=config.fault_tolerance.max_checkpoints)
+        checkpoints = CheckpointStore(data_dir / "checkpoints", keep=config.fault_tolerance.max_checkpoints,
+                                      sealer=Sealer(state_key))
+        checkpoints.check_key()  # a wrong key stops the node before it opens anything
         net = config.network
         peer = await Peer.create(
             data_dir, listen=listen, bootstrap=coordinators, timeout=net.timeout, max_blob_bytes=net.max_message_size
@@ -200,6 +207,7 @@ class TrainerNode:
                 self._apply_checkpoint(self.checkpoints.load(name))
             except (TrainerError, KeyError, TypeError, ValueError) as exc:
                 log.warning("checkpoint %s not used: %s", name, exc)
+                self.checkpoints.skipped += 1
                 continue
             self.last_submitted_round = max(start_after, self.last_submitted_round)
             log.info("resumed from checkpoint %s (last submitted round %d)", name, self.last_submitted_round)
@@ -256,13 +264,15 @@ class TrainerNode:
     def _metrics(self) -> dict:
         return {"role": "trainer", **self.get_status(), "training": self.get_training_metrics(),
                 "utilization": self.utilization.metrics(), "overlap": dict(self.overlap_counts),
-                "model_fetch": self.model_fetcher.metrics(), **self.peer.metrics(), "bus": self.bus.metrics}
+                "model_fetch": self.model_fetcher.metrics(), **self.peer.metrics(), "bus": self.bus.metrics,
+                "state": self.checkpoints.metrics()}
 
     async def save_checkpoint(self, name: str) -> Path:
         state = await asyncio.to_thread(self.engine.state_dict)
         payload = {"engine": state, "last_submitted_round": self.last_submitted_round, "rounds_trained": self.rounds_trained,
                    "last_update": self._last_update.model_dump() if self._last_update else None,
                    "codec_residual": self.feedback.residual if self.feedback is not None else {}}
+        self._checkpointed_at = time.monotonic()
         return await asyncio.to_thread(self.checkpoints.save, name, payload)
 
     async def load_checkpoint(self, name: str) -> None:
@@ -463,7 +473,7 @@ class TrainerNode:
             self.feedback.adopt(residual)
         self.overlap_counts["blocks_sent"] += ahead is not None
         use = self.utilization.submitted(ann.round, metrics.seconds, began, time.monotonic(), ahead is not None)
-        if self.rounds_trained % self.config.fault_tolerance.checkpoint_interval == 0:
+        if time.monotonic() - self._checkpointed_at >= self.config.fault_tolerance.checkpoint_interval:
             # Between blocks, so model and optimizer are consistent; a node restored from it drops
             # the overlap for one round (it trains round r+1 from the announced model).
             await self.save_checkpoint(f"{AUTO_PREFIX}{ann.round:06d}")
