@@ -146,14 +146,24 @@ def seal_bytes(key: StateKey, plaintext: bytes | bytearray | memoryview) -> byte
     return MAGIC + bytes([VERSION]) + key.key_id + bytes(box)
 
 
+def _not_sealed(key: StateKey, where: str) -> StateKeyError:
+    return StateKeyError(f"{where} is not sealed, but a state key is set ({key.source}); seal existing "
+                         "state first: prime state rotate-key --data-dir DIR --new-key-file FILE")
+
+
+def _other_key(key: StateKey, where: str, key_id: bytes) -> StateKeyError:
+    return StateKeyError(f"{where} is sealed with another state key (key id {key_id.hex()}); "
+                         f"{key.source} has key id {key.key_id.hex()}. Give the key it was sealed with "
+                         "(if a key rotation was interrupted, run it again); nothing was changed")
+
+
 def open_bytes(key: StateKey, data: bytes | bytearray | memoryview, where: str,
                max_bytes: int = 1 << 40) -> bytes:
     """The plaintext of a sealed file, or an error naming ``where``; bounded before any work."""
     if len(data) > max_bytes:
         raise SealedFileError(f"{where}: {len(data)} bytes is over the {max_bytes}-byte limit")
     if len(data) >= len(MAGIC) and not looks_sealed(data):
-        raise StateKeyError(f"{where} is not sealed, but a state key is set ({key.source}); seal existing "
-                            "state first: prime state rotate-key --data-dir DIR --new-key-file FILE")
+        raise _not_sealed(key, where)
     if len(data) < HEADER_BYTES + MAC_BYTES:
         raise SealedFileError(f"{where}: sealed file truncated ({len(data)} bytes, the header and MAC "
                               f"alone are {HEADER_BYTES + MAC_BYTES})")
@@ -163,9 +173,7 @@ def open_bytes(key: StateKey, data: bytes | bytearray | memoryview, where: str,
                               f"reads version {VERSION})")
     key_id = sealed_key_id(data)
     if key_id != key.key_id:
-        raise StateKeyError(f"{where} is sealed with another state key (key id {key_id.hex()}); "
-                            f"{key.source} has key id {key.key_id.hex()}. Give the key it was sealed with "
-                            "(if a key rotation was interrupted, run it again); nothing was changed")
+        raise _other_key(key, where, key_id)
     nonce = bytes(data[len(MAGIC) + 1 + KEY_ID_BYTES: HEADER_BYTES])
     try:
         return nacl.secret.SecretBox(key.secret).decrypt(bytes(data[HEADER_BYTES:]), nonce)
@@ -212,10 +220,10 @@ class Sealer:
                 raise StateKeyError(f"{where} is sealed, but no state key is set: give it with {HOW_TO_GIVE}")
             return
         if len(data) >= len(MAGIC) and not looks_sealed(data):
-            open_bytes(self.key, data, where)  # raises: not sealed
+            raise _not_sealed(self.key, where)
         key_id = sealed_key_id(data)
         if key_id is not None and key_id != self.key.key_id:
-            open_bytes(self.key, data, where)  # raises: another key
+            raise _other_key(self.key, where, key_id)
 
     def metrics(self) -> dict[str, object]:
         return {"sealed": self.enabled, "key_id": self.key.key_id.hex() if self.key else None,
