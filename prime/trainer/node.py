@@ -159,6 +159,9 @@ class TrainerNode:
             raise TrainerError(f"--data-partition {data_partition} outside shards 0..{config.num_shards - 1}")
         data_dir = Path(data_dir)
         identity = Identity.load_or_create(data_dir, node_id)
+        checkpoints = CheckpointStore(data_dir / "checkpoints", keep=config.fault_tolerance.max_checkpoints,
+                                      sealer=Sealer(state_key))
+        checkpoints.check_key()  # a wrong state key stops the node before it loads or opens anything
         task = task_of(config)
         engine = await asyncio.to_thread(LocalEngine, task, config.training, model, device=resolve_device(device),
                                          data_path=Path(data_path) if data_path else None,
@@ -173,9 +176,6 @@ class TrainerNode:
                 await asyncio.to_thread(engine.use_shard, shard, config.num_shards)
             except PrimeError as exc:  # a round that assigns it fails alone; the node keeps serving
                 log.warning("shard %d does not load yet (%s); trying again when a round assigns it", shard, exc)
-        checkpoints = CheckpointStore(data_dir / "checkpoints", keep=config.fault_tolerance.max_checkpoints,
-                                      sealer=Sealer(state_key))
-        checkpoints.check_key()  # a wrong key stops the node before it opens anything
         net = config.network
         peer = await Peer.create(
             data_dir, listen=listen, bootstrap=coordinators, timeout=net.timeout, max_blob_bytes=net.max_message_size
