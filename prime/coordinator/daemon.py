@@ -94,7 +94,11 @@ class Coordinator:
         task_of(config)  # an unknown task or a bad option fails here, before anything is opened
         store = CoordinatorStore(data_dir / DB_NAME)
         store.bind_job(config.job_id, identity.public_key)
-        bind_state_key(store, state_key)  # a wrong state key stops here, before anything is opened
+        try:
+            bind_state_key(store, state_key)  # a wrong state key stops here, before anything is opened
+        except BaseException:
+            store.close()
+            raise
         broker = None
         url = mqtt_url or config.network.mqtt_url
         if url is None:

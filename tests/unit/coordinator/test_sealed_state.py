@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import pytest
 
+from prime.coordinator import cli
 from prime.coordinator.sealed_state import bind_state_key, recorded_key_id
-from prime.coordinator.store import AcceptedUpdate, RoundCommit
+from prime.coordinator.status import DB_NAME
+from prime.coordinator.store import AcceptedUpdate, CoordinatorStore, RoundCommit
+from prime.core.config import dump_toml, parse_config
 from prime.core.errors import StateKeyError
-from prime.sealing import StateKey
+from prime.core.identity import Identity
+from prime.sealing import StateKey, write_key_file
 
 KEY = StateKey(bytes(range(32)), "state key file k")
 OTHER = StateKey(bytes(range(3, 35)), "state key file wrong")
@@ -37,3 +41,28 @@ def test_plaintext_history_must_be_sealed_first(store, coord, trainers):
                                             "prime state rotate-key"):
         bind_state_key(store, KEY)
     assert recorded_key_id(store) is None
+
+
+def test_prime_coordinator_with_a_wrong_key_names_the_database_and_changes_nothing(tmp_path, capsys, port_factory):
+    data_dir = tmp_path / "coord"
+    coordinator = Identity.load_or_create(data_dir, "coordinator")
+    trainer = Identity.generate("t1")
+    job = tmp_path / "job.toml"
+    job.write_text(dump_toml(parse_config({"coordinator_key": coordinator.public_key_hex, "federated": {"min_clients": 1},
+                                           "admission": {"trainers": {"t1": trainer.public_key_hex}}})))
+    right, wrong = write_key_file(tmp_path / "right.key"), write_key_file(tmp_path / "wrong.key")
+    store = CoordinatorStore(data_dir / DB_NAME)
+    store.bind_job(parse_config({}).job_id, coordinator.public_key)
+    bind_state_key(store, right)
+    store.close()
+    before = (data_dir / DB_NAME).read_bytes()
+
+    code = cli.main(["--config", str(job), "--data-dir", str(data_dir), "--listen", f"127.0.0.1:{port_factory()}",
+                     "--state-key-file", str(tmp_path / "wrong.key"), "--log-level", "error"])
+
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith(f"error: {data_dir / DB_NAME}: this coordinator's state is sealed with another state key "
+                          f"(key id {right.key_id.hex()}); state key file {tmp_path / 'wrong.key'} has key id "
+                          f"{wrong.key_id.hex()}"), err
+    assert (data_dir / DB_NAME).read_bytes() == before
