@@ -1,5 +1,6 @@
 """Sealed state in a real run: coordinator, standby and trainers with a state key; a trainer killed
-with SIGKILL resumes from its sealed checkpoint; no sealed file on disk holds a plaintext header.
+with SIGKILL resumes from its sealed checkpoint; no sealed file on disk holds a plaintext header;
+the stopped nodes' state re-seals under a new key.
 
 The coordinator and trainers read the key from ``--state-key-file``, the standby from
 ``PRIME_STATE_KEY`` (the same key, as it has the same ``node.key``).
@@ -13,10 +14,13 @@ import sqlite3
 import pytest
 
 from prime.blobs.store import BlobStore
+from prime.coordinator.sealed_state import bind_state_key
+from prime.coordinator.store import CoordinatorStore
 from prime.demo import LocalNetwork
-from prime.rotation import SQLITE_MAGIC
+from prime.rotation import SQLITE_MAGIC, rotate_data_dir
 from prime.sealing import ENV_VAR, MAGIC, Sealer, write_key_file
 from prime.telemetry import read_metrics
+from prime.trainer.checkpoint import CheckpointStore
 from tests.integration.netutil import wait_for
 
 pytestmark = pytest.mark.slow
@@ -77,3 +81,16 @@ def test_sealed_run_resumes_a_killed_trainer_and_leaves_no_plaintext(tmp_path, m
                 sealed_files += 1
     assert sealed_files >= 2 + 2 * ROUNDS
     assert read_metrics(net.coordinator_dir)["state"]["files_sealed"] >= 2 * ROUNDS  # snapshots and server state
+
+    # The stopped nodes' real state re-sealed under a new key, and read back with it.
+    new = write_key_file(tmp_path / "new.key")
+    for data_dir in (net.coordinator_dir, net.trainer_dir(victim)):
+        assert rotate_data_dir(data_dir, key, new).resealed
+    name, _ = CheckpointStore(net.trainer_dir(victim) / "checkpoints", sealer=Sealer(new)).latest_good()
+    assert name.startswith("round-")
+    store = CoordinatorStore(net.coordinator_dir / "coordinator.sqlite")
+    bind_state_key(store, new)
+    states = [d for (d,) in store.db.execute("SELECT digest FROM server_state")]
+    store.close()
+    blobs = BlobStore(net.coordinator_dir / "blobs")
+    assert all(Sealer(new).open(blobs.read_bytes(d), d) for d in states)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+import nacl.secret
 import pytest
 
 from prime.core.errors import SealedFileError, StateKeyError
@@ -22,7 +23,10 @@ def test_round_trip_hides_the_plaintext():
     assert len(sealed) == len(PLAIN) + HEADER_BYTES + MAC_BYTES
     assert sealer.seal(PLAIN) != sealed  # a fresh nonce each time
     assert sealer.open(sealed, "f") == PLAIN
-    assert sealer.metrics() == {"sealed": True, "key_id": KEY.key_id.hex(), "files_sealed": 2, "files_opened": 1,
+    nonce = bytes(sealed[HEADER_BYTES - 24: HEADER_BYTES])  # the body is plain NaCl SecretBox
+    assert nacl.secret.SecretBox(KEY.secret).decrypt(bytes(sealed[HEADER_BYTES:]), nonce) == PLAIN
+    assert sealer.open(memoryview(bytearray(sealed)), "f") == PLAIN and sealer.open(sealer.seal(b""), "f") == b""
+    assert sealer.metrics() == {"sealed": True, "key_id": KEY.key_id.hex(), "files_sealed": 3, "files_opened": 3,
                                 "mac_failures": 0}
 
 
