@@ -36,7 +36,7 @@ def test_sealed_run_resumes_a_killed_trainer_and_leaves_no_plaintext(tmp_path, m
     monkeypatch.setenv(ENV_VAR, key.secret.hex())  # the standby's way to the key
     flag = ("--state-key-file", str(tmp_path / "state.key"))
     net = LocalNetwork(tmp_path / "net", trainers=2, rounds=ROUNDS, local_epochs=1,
-                       federated={"round_timeout": 20.0, "min_clients": 1, "aggregation": {"name": "fedavgm"}})
+                       federated={"round_timeout": 20.0, "min_clients": 2, "aggregation": {"name": "fedavgm"}})
     victim = net.trainer_names[1]
     try:
         net.start_infrastructure()
@@ -46,7 +46,7 @@ def test_sealed_run_resumes_a_killed_trainer_and_leaves_no_plaintext(tmp_path, m
             net.start_trainer(i, *flag)
         wait_for(net, lambda s: s["rounds_committed"] >= 2 and list((net.trainer_dir(victim) / "checkpoints")
                                                                      .glob("round-*.pt")), 90, "a sealed checkpoint")
-        net.signal(victim, signal.SIGKILL)  # the other goes on without it (min_clients 1)
+        net.signal(victim, signal.SIGKILL)  # the next round waits for it (min_clients 2)
         net.start_trainer(1, *flag)
         wait_for(net, lambda s: "resumed from checkpoint round-" in net.log_tail(victim, 400), 90,
                  "the killed trainer to resume from its sealed checkpoint")
@@ -57,6 +57,9 @@ def test_sealed_run_resumes_a_killed_trainer_and_leaves_no_plaintext(tmp_path, m
     finally:
         net.stop_all()
     assert status["ledger_valid"] and [r["round"] for r in status["rounds"]] == list(range(1, ROUNDS + 1))
+    log = net.log_tail(victim, 400)
+    assert f"round {ROUNDS}: trained" in log.split("resumed from checkpoint round-")[1]  # it trained on after
+    assert all(r["participants"] == 2 for r in status["rounds"])
 
     sealed_files = 0
     for name in net.trainer_names:
