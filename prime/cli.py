@@ -1,5 +1,5 @@
 """``prime``: the umbrella command — ``demo``, ``init``, ``keygen``, ``broker``, ``dht-node``, ``verify``, ``report``,
-``manifest``, ``audit``, ``registry``."""
+``manifest``, ``audit``, ``registry``, ``state``."""
 
 from __future__ import annotations
 
@@ -188,6 +188,10 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--data-dir", type=Path, required=True, help="the coordinator's data dir")
     r.add_argument("--out", type=Path, required=True, help="directory for index.html, the charts and report.json")
     r.set_defaults(func=report)
+    s = sub.add_parser("state", help="state keys: keygen, rotate-key (sealed checkpoints and snapshots)")
+    from prime.state_cli import add_arguments as add_state_arguments
+
+    add_state_arguments(s)
 
     args = p.parse_args(argv)
     return args.func(args)

@@ -14,6 +14,7 @@ from prime.coordinator.status import format_status, read_status
 from prime.core.config import load_config
 from prime.core.errors import PrimeError
 from prime.observability.endpoint import MetricsEndpoint, add_metrics_arguments
+from prime.sealing import resolve_state_key
 from prime.tasks.exported import card_path
 
 
@@ -73,6 +74,9 @@ def main(argv: list[str] | None = None) -> int:
                         "(large models: the held-out forward passes are most of a round's coordinator work)")
     p.add_argument("--manifest", type=Path, help="the job manifest (prime manifest build): its digest is signed into "
                                                   "every announcement, and trainers whose data differs do not train")
+    p.add_argument("--state-key-file", type=Path,
+                   help="seal snapshots and server state with this key (0600 file from `prime state keygen`; "
+                        "a standby needs the primary's; default: $PRIME_STATE_KEY if set, else plaintext)")
     p.add_argument("--log-level", choices=LOG_LEVELS, default="info")
     add_metrics_arguments(p)
     args = p.parse_args(argv)
@@ -84,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         coordinator = await Coordinator.create(
             config, data_dir=args.data_dir, listen=args.listen, mqtt_url=args.mqtt_url, bootstrap=args.bootstrap,
             standby=args.standby, data_path=args.data_path, device=args.device, manifest=args.manifest,
+            state_key=resolve_state_key(args.state_key_file),
         )
         metrics.attach(coordinator, budget=coordinator.driver.budget.usage)
         on_stop(coordinator.stop)

@@ -28,6 +28,7 @@ from prime.coordinator.driver import RoundDriver
 from prime.coordinator.gates import check_gate_metrics
 from prime.coordinator.intake import UpdateIntake
 from prime.coordinator.leadership import Leadership
+from prime.coordinator.sealed_state import bind_state_key
 from prime.coordinator.services import CoordinatorServices
 from prime.coordinator.standby import StandbyRole
 from prime.coordinator.status import DB_NAME
@@ -39,6 +40,7 @@ from prime.core.identity import Identity
 from prime.core.records import RoundAnnouncement, RoundCommitted, StandbyStatus
 from prime.dht.peer import Peer
 from prime.manifests import load_manifest
+from prime.sealing import Sealer, StateKey
 from prime.tasks import task_of
 from prime.coordinator.scoring import scoring_device
 from prime.telemetry import METRICS_FILE, MetricsFile
@@ -51,7 +53,8 @@ EMBEDDED_BROKER = ("127.0.0.1", 1883)
 class Coordinator:
     def __init__(self, config: JobConfig, identity: Identity, store: CoordinatorStore, peer: Peer,
                  broker: EmbeddedBroker | None, mqtt_url: str, *, standby: bool = False, data_path=None,
-                 device: str = "cpu", manifest=None, audit: AuditLog | None = None) -> None:
+                 device: str = "cpu", manifest=None, audit: AuditLog | None = None,
+                 sealer: Sealer | None = None) -> None:
         self.config = config
         self.broker = broker
         topics = Topics(config.job_id)
@@ -66,7 +69,8 @@ class Coordinator:
         self._tasks: set[asyncio.Task] = set()
         self.services = CoordinatorServices(config, identity, store, peer, bus, topics,
                                             LivenessTracker(timeout_s=3 * net.heartbeat_interval), self._spawn,
-                                            CoordinatorAudit(audit, config) if audit is not None else None)
+                                            audit=CoordinatorAudit(audit, config) if audit is not None else None,
+                                            sealer=sealer or Sealer())
         self.audit_log = audit
         self.leadership = Leadership(store.path.parent, identity.public_key, peer.address_str, net.heartbeat_interval)
         self.intake = UpdateIntake(config, store, peer, self._spawn)
@@ -86,6 +90,7 @@ class Coordinator:
         cls, config: JobConfig, *, data_dir: str | Path, listen: tuple[str, int] = ("127.0.0.1", 0),
         mqtt_url: str | None = None, bootstrap: list[tuple[str, int]] = (), standby: bool = False,
         data_path: str | Path | None = None, device: str = "cpu", manifest: str | Path | None = None,
+        state_key: StateKey | None = None,
     ) -> "Coordinator":
         if not config.admission.open and not config.admission.trainers:
             raise CoordinatorError(
@@ -108,6 +113,7 @@ class Coordinator:
         try:
             store.bind_job(config.job_id, identity.public_key)
             refuse_if_spent(config.budget, total_spend(store.db), source=config.source, database=str(store.path))
+            bind_state_key(store, state_key)  # a wrong state key stops here, before anything is opened
         except BaseException:
             store.close()
             raise
@@ -123,7 +129,7 @@ class Coordinator:
         try:
             coordinator = cls(config, identity, store, peer, broker, url, standby=standby,
                               data_path=Path(data_path) if data_path else None, device=device, manifest=job_manifest,
-                              audit=audit)
+                              audit=audit, sealer=Sealer(state_key))
             await coordinator.services.bus.connect()
             await coordinator.driver.prepare()
         except BaseException:
@@ -260,4 +266,5 @@ class Coordinator:
             "liveness": {"accepted": s.liveness.accepted, "dropped": dict(s.liveness.dropped)},
             "coordination": {"dropped": dict(self.dropped_coordination)},
             "budget": self.driver.budget.metrics(),
+            "state": s.sealer.metrics(),
         }

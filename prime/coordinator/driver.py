@@ -166,7 +166,8 @@ class RoundDriver:
             return
 
         def load() -> None:
-            state = tensors.decode_state(bytearray(self.s.peer.blobs.read_bytes(digest)), max_bytes=1 << 40)
+            data = self.s.sealer.open(self.s.peer.blobs.read_bytes(digest), f"server state blob {digest}")
+            state = tensors.decode_state(bytearray(data), max_bytes=1 << 40)
             self.strategy.load_state_dict(state)
 
         await asyncio.to_thread(load)
@@ -470,11 +471,12 @@ class RoundDriver:
         state = self.strategy.state_dict()
         if set(state) <= {"strategy"}:
             return None
-        return self.s.peer.blobs.put_bytes(tensors.encode_state(state))
+        return self.s.peer.blobs.put_bytes(self.s.sealer.seal(tensors.encode_state(state)))
 
     async def _checkpoint(self, round_number: int, model_digest: str, server_state_digest: str | None) -> str:
         """Snapshot the committed state into a blob and point to it from the DHT, for standbys."""
         image = self.s.store.snapshot()
+        image = await asyncio.to_thread(self.s.sealer.seal, image)  # sealed with a state key: served to anyone
         digest = await asyncio.to_thread(self.s.peer.blobs.put_bytes, image)
         pointer = {"round": round_number, "term": self.leadership.term, "checkpoint_digest": digest,
                    "model_digest": model_digest, "providers": [self.s.peer.address_str],

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from prime.bus.client import BusClient
@@ -20,6 +20,7 @@ from prime.coordinator.store import CoordinatorStore
 from prime.core.config import JobConfig
 from prime.core.identity import Identity
 from prime.dht.peer import Peer
+from prime.sealing import Sealer
 
 Spawn = Callable[[Coroutine[Any, Any, Any]], asyncio.Task]
 
@@ -37,6 +38,8 @@ class CoordinatorServices:
     spawn: Spawn
     #: The node's audit log, through what the coordinator records in it (None: not audited, in unit tests).
     audit: CoordinatorAudit | None = None
+    #: Seals what leaves the live database (snapshots for standbys, server state); no key: plaintext.
+    sealer: Sealer = field(default_factory=Sealer)
 
     async def dht_put(self, name: str, value: dict, ttl_s: float, what: str) -> None:
         """One retried, never-fatal DHT put under the coordinator's key."""

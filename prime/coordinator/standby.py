@@ -80,6 +80,8 @@ class StandbyRole:
                         what=f"mirroring round {round_number}", max_retries=ft.max_retries,
                     )
                 image = await asyncio.to_thread(self.s.peer.blobs.read_bytes, checkpoint)
+                image = await asyncio.to_thread(self.s.sealer.open, image, f"checkpoint blob {checkpoint} "
+                                                f"(round {round_number})")  # the primary's key: the same
                 self.s.store.restore(image, self.s.config.job_id, self.s.identity.public_key)
             except PrimeError as exc:
                 log.warning("standby: could not mirror round %d yet: %s", round_number, exc)

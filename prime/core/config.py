@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 
 from prime.core.aggregation.config import AggregationConfig, FedTrimmedAvgConfig, check_min_clients
 from prime.core.budget import BudgetConfig
+from prime.core import spellings
 from prime.core.errors import ConfigError
 
 
@@ -214,8 +215,9 @@ class CompressionConfig(_Section):
 
 
 class FaultToleranceConfig(_Section):
-    #: Coordinator checkpoints every N committed rounds; trainers every N rounds trained.
-    checkpoint_interval: int = Field(1, gt=0)
+    #: Seconds between a trainer's checkpoints (taken after a round, once this much time has passed since
+    #: the last; 0: after every round). The coordinator has no interval: it commits every round.
+    checkpoint_interval: float = Field(0.0, ge=0.0)
     max_retries: int = Field(3, ge=0)
     max_checkpoints: int = Field(5, gt=0)
 
@@ -519,6 +521,7 @@ def _moved_keys(data: dict[str, Any], source: str) -> list[str]:
 
 def parse_config(data: dict[str, Any], source: str = "<config>") -> JobConfig:
     """Validate a mapping into a ``JobConfig``; errors name each bad key and the source."""
+    data = spellings.normalize(data, source)  # training.optimizer.type = "AdamW", training.local_epochs
     moved = _moved_keys(data, source)
     if moved:
         raise ConfigError("invalid config\n  " + "\n  ".join(moved))

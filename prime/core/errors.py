@@ -71,3 +71,12 @@ class TaskError(PrimeError):
 
 class AuditError(PrimeError):
     """An audit log cannot be written, or does not verify (the message names the first bad line)."""
+
+
+class StateKeyError(PrimeError):
+    """The state key and the state on disk do not go together (no key for sealed state, a key
+    for unsealed state, another key), or a key file is unusable. Fatal: nothing is modified."""
+
+
+class SealedFileError(DecodeError):
+    """A sealed state file fails its MAC, is truncated or malformed: skip it for an older one."""

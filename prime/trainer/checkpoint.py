@@ -4,6 +4,11 @@ Each checkpoint is ``NAME.pt`` (``torch.save`` of tensors and plain values, load
 back with ``weights_only=True`` so a checkpoint can never run code) plus
 ``NAME.sha256``. Both are written atomically (temp, fsync, rename), the digest
 last, so a checkpoint without a matching digest is treated as torn and skipped.
+
+With a state key (``prime/sealing.py``) ``NAME.pt`` is sealed (SecretBox) and the digest is of
+the plaintext inside, so a key rotation rewrites only ``NAME.pt``. One that fails its MAC is
+skipped for the previous good one and counted; one sealed with another key (or sealed with no
+key set, or plaintext with a key set) stops the node with an error naming it, changing nothing.
 """
 
 from __future__ import annotations
@@ -18,7 +23,8 @@ from typing import Any
 import torch
 
 from prime.atomic import write_atomic
-from prime.core.errors import TrainerError
+from prime.core.errors import SealedFileError, TrainerError
+from prime.sealing import HEADER_BYTES, Sealer
 
 _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 AUTO_PREFIX = "round-"
@@ -27,10 +33,13 @@ AUTO_PREFIX = "round-"
 class CheckpointStore:
     """Named checkpoints in one directory; automatic ones (``round-N``) are pruned to the newest N."""
 
-    def __init__(self, root: str | os.PathLike, keep: int = 5) -> None:
+    def __init__(self, root: str | os.PathLike, keep: int = 5, sealer: Sealer | None = None) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.keep = keep
+        self.sealer = sealer or Sealer()
+        #: Checkpoints passed over by ``latest_good`` (MAC or digest failed, unloadable).
+        self.skipped = 0
 
     def _check_name(self, name: str) -> str:
         if not _NAME.match(name):
@@ -43,20 +52,25 @@ class CheckpointStore:
         torch.save(state, buffer)
         data = buffer.getvalue()
         path = self.root / f"{name}.pt"
-        write_atomic(path, data)
+        write_atomic(path, self.sealer.seal(data))
         write_atomic(self.root / f"{name}.sha256", hashlib.sha256(data).hexdigest().encode())
         self._prune()
         return path
 
     def load(self, name: str) -> dict[str, Any]:
-        """Load and verify a checkpoint; raise ``TrainerError`` if missing or corrupt."""
+        """Load and verify a checkpoint; raise ``TrainerError`` if missing or corrupt (a MAC that
+        fails included), ``StateKeyError`` if it and the state key do not go together."""
         self._check_name(name)
         path = self.root / f"{name}.pt"
         try:
-            data = path.read_bytes()
+            raw = path.read_bytes()
             expected = (self.root / f"{name}.sha256").read_text().strip()
         except FileNotFoundError:
             raise TrainerError(f"no checkpoint named {name!r} in {self.root}") from None
+        try:
+            data = self.sealer.open(raw, f"checkpoint {path}")
+        except SealedFileError as exc:
+            raise TrainerError(str(exc)) from None
         if hashlib.sha256(data).hexdigest() != expected:
             raise TrainerError(f"checkpoint {path} is corrupt (digest mismatch)")
         try:
@@ -75,8 +89,25 @@ class CheckpointStore:
             try:
                 return name, self.load(name)
             except TrainerError:
+                self.skipped += 1
                 continue
         return None
+
+    def check_key(self) -> None:
+        """Before anything starts: ``StateKeyError`` naming the first checkpoint (newest first) that
+        the state key cannot open (sealed with another key, sealed with none set, or plaintext
+        with one set). Reads headers only; changes nothing."""
+        for name in reversed(self.list()):
+            path = self.root / f"{name}.pt"
+            try:
+                with open(path, "rb") as fh:
+                    head = fh.read(HEADER_BYTES)
+            except FileNotFoundError:
+                continue
+            self.sealer.check(head, f"checkpoint {path}")
+
+    def metrics(self) -> dict[str, object]:
+        return {**self.sealer.metrics(), "checkpoints_skipped": self.skipped}
 
     def _prune(self) -> None:
         auto = [n for n in self.list() if n.startswith(AUTO_PREFIX)]

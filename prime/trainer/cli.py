@@ -18,6 +18,7 @@ from prime.console import LOG_LEVELS, hostport, hostport_list, run_main, setup_l
 from prime.core.config import JobConfig, load_config
 from prime.core.errors import PrimeError
 from prime.observability.endpoint import MetricsEndpoint, add_metrics_arguments
+from prime.sealing import resolve_state_key
 from prime.trainer.distributed import close_process_group, is_leader, leave_torchrun, resolve_device
 from prime.trainer.node import TrainerNode
 
@@ -35,6 +36,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="train on this shard only (default: the shard each round's announcement assigns)")
     p.add_argument("--data-path", type=Path, help="data directory or file, for tasks that read files")
     p.add_argument("--device", choices=("cpu", "cuda"), help="where to train (default: the local GPU if any, else cpu)")
+    p.add_argument("--state-key-file", type=Path,
+                   help="seal checkpoints with this key (0600 file from `prime state keygen`; "
+                        "default: $PRIME_STATE_KEY if set, else checkpoints are plaintext)")
     p.add_argument("--log-level", choices=LOG_LEVELS, default="info")
     add_metrics_arguments(p)
     return p.parse_args(argv)
@@ -78,11 +82,12 @@ def run_node(args: argparse.Namespace, node_class: type[TrainerNode] = TrainerNo
 
     async def run(on_stop) -> int:
         config = load_config(args.config)
+        state_key = resolve_state_key(getattr(args, "state_key_file", None))
         node = await node_class.create(
             args.node_id, config, data_dir=args.data_dir or Path("prime-data") / args.node_id,
             coordinators=args.coordinators, mqtt_url=args.mqtt_url, listen=args.listen,
             start_round=args.round, data_partition=args.data_partition, data_path=args.data_path,
-            device=args.device,
+            device=args.device, state_key=state_key,
         )
         metrics.attach(node)
         extra = prepare(node, config) if prepare else {}

@@ -56,6 +56,7 @@ from prime.dht.peer import Peer
 from prime.tasks import task_of
 from prime.telemetry import METRICS_FILE, MetricsFile
 from prime.trainer.budget import cap_memory, device_kind, peak_memory_bytes, reset_peak
+from prime.sealing import Sealer, StateKey
 from prime.trainer.checkpoint import AUTO_PREFIX, CheckpointStore
 from prime.trainer.datacheck import ManifestCheck
 from prime.trainer.distributed import resolve_device
@@ -115,6 +116,8 @@ class TrainerNode:
         self.is_training = False
         self.metrics = TrainMetrics(0.0, 0.0, 0.0, 0, 0, 0.0)
         self.rounds_trained = 0
+        #: fault_tolerance.checkpoint_interval counts seconds from here (or from the last checkpoint).
+        self._checkpointed_at = time.monotonic()
         self.dropped: dict[str, int] = {}
         self.audit: AuditLog | None = None  # the node's audit log (``create`` opens it)
         self._last_update: UpdateRecord | None = None  # the last update submitted, to re-sign for a new term
@@ -154,19 +157,24 @@ class TrainerNode:
         device: str | None = None,
         model: nn.Module | None = None,
         data: Split | None = None,
+        state_key: StateKey | None = None,
     ) -> "TrainerNode":
         """Open identity, local state, DHT and blob peer, and the bus; resume from checkpoints.
 
         The model and data come from the job's task unless ``model`` / ``data`` are given (an
         embedded trainer's own module, whose state must match the task's, and its own data).
         Without ``data`` the node trains on the shard each announcement assigns it, or on
-        ``data_partition`` alone (a round assigning another shard is refused)."""
+        ``data_partition`` alone (a round assigning another shard is refused). With ``state_key``
+        its checkpoints are sealed (``prime/sealing.py``); a key that does not open them stops here."""
         if config.coordinator_public_key is None:
             raise TrainerError("job config has no coordinator_key: trainers only follow a pinned coordinator")
         if data_partition is not None and not 0 <= data_partition < config.num_shards:
             raise TrainerError(f"--data-partition {data_partition} outside shards 0..{config.num_shards - 1}")
         data_dir = Path(data_dir)
         identity = Identity.load_or_create(data_dir, node_id)
+        checkpoints = CheckpointStore(data_dir / "checkpoints", keep=config.fault_tolerance.max_checkpoints,
+                                      sealer=Sealer(state_key))
+        checkpoints.check_key()  # a wrong state key stops the node before it loads or opens anything
         task = task_of(config)
         engine = await asyncio.to_thread(LocalEngine, task, config.training, model, device=resolve_device(device),
                                          data_path=Path(data_path) if data_path else None,
@@ -182,7 +190,6 @@ class TrainerNode:
                 await asyncio.to_thread(engine.use_shard, shard, config.num_shards)
             except PrimeError as exc:  # a round that assigns it fails alone; the node keeps serving
                 log.warning("shard %d does not load yet (%s); trying again when a round assigns it", shard, exc)
-        checkpoints = CheckpointStore(data_dir / "checkpoints", keep=config.fault_tolerance.max_checkpoints)
         net = config.network
         peer = await Peer.create(
             data_dir, listen=listen, bootstrap=coordinators, timeout=net.timeout, max_blob_bytes=net.max_message_size
@@ -217,6 +224,7 @@ class TrainerNode:
                 self._apply_checkpoint(self.checkpoints.load(name))
             except (TrainerError, KeyError, TypeError, ValueError) as exc:
                 log.warning("checkpoint %s not used: %s", name, exc)
+                self.checkpoints.skipped += 1
                 continue
             self.last_submitted_round = max(start_after, self.last_submitted_round)
             log.info("resumed from checkpoint %s (last submitted round %d)", name, self.last_submitted_round)
@@ -273,13 +281,15 @@ class TrainerNode:
     def _metrics(self) -> dict:
         return {"role": "trainer", **self.get_status(), "training": self.get_training_metrics(),
                 "utilization": self.utilization.metrics(), "overlap": dict(self.overlap_counts),
-                "model_fetch": self.model_fetcher.metrics(), **self.peer.metrics(), "bus": self.bus.metrics}
+                "model_fetch": self.model_fetcher.metrics(), **self.peer.metrics(), "bus": self.bus.metrics,
+                "state": self.checkpoints.metrics()}
 
     async def save_checkpoint(self, name: str) -> Path:
         state = await asyncio.to_thread(self.engine.state_dict)
         payload = {"engine": state, "last_submitted_round": self.last_submitted_round, "rounds_trained": self.rounds_trained,
                    "last_update": self._last_update.model_dump() if self._last_update else None,
                    "codec_residual": self.feedback.residual if self.feedback is not None else {}}
+        self._checkpointed_at = time.monotonic()
         return await asyncio.to_thread(self.checkpoints.save, name, payload)
 
     async def load_checkpoint(self, name: str) -> None:
@@ -460,7 +470,7 @@ class TrainerNode:
                 return
             # Overlapped and no checkpoint due (it must see the engine between blocks): the next block
             # starts now, and this update is encoded, stored and published while it trains.
-            early = self.config.federated.overlap and not self._checkpoint_due(self.rounds_trained + 1)
+            early = self.config.federated.overlap and not self._checkpoint_due()
             if early:
                 self._train_ahead(ann, shard, next_start)
             clock = time.perf_counter()
@@ -509,7 +519,7 @@ class TrainerNode:
         self.overlap_counts["blocks_sent"] += ahead is not None
         use = self.utilization.submitted(ann.round, metrics.seconds, began, time.monotonic(), ahead is not None)
         if not early:
-            if self._checkpoint_due(self.rounds_trained):
+            if self._checkpoint_due():
                 # Between blocks, so model and optimizer are consistent; a node restored from it drops
                 # the overlap for one round (it trains round r+1 from the announced model).
                 await self.save_checkpoint(f"{AUTO_PREFIX}{ann.round:06d}")
@@ -520,32 +530,9 @@ class TrainerNode:
                  "own data" if shard is None else f"shard {shard}", metrics.loss, digest[:12],
                  100 * use.fraction, use.wall_seconds, fetch_s, decode_s, train_seconds, encode_s)
 
-    def _checkpoint_due(self, rounds_trained: int) -> bool:
-        """Whether a checkpoint is taken once ``rounds_trained`` rounds are trained."""
-        return rounds_trained % self.config.fault_tolerance.checkpoint_interval == 0
-
-    async def _data_is_the_jobs(self, ann: RoundAnnouncement) -> bool:
-        """Whether this node's files for its shard (and its task source) are the job manifest's; if
-        not, say which differ and skip the round (the node keeps following later rounds)."""
-        shard = ann.shard_of(self.identity.public_key)
-        lines = await self.data_check.differences(ann, shard)
-        if not lines:
-            return True
-        self.dropped["data_mismatch"] = self.dropped.get("data_mismatch", 0) + 1
-        log.error("round %d: this node's data for shard %d is not the job's (manifest %s…); not training:\n  %s",
-                  ann.round, shard, ann.manifest_digest[:16], "\n  ".join(lines))
-        return False
-
-    def _over_memory_budget(self, round_number: int, peak: int) -> bool:
-        """True (and logged) if this round peaked above ``budget.memory_bytes_per_trainer``: the
-        coordinator would refuse the update, so it is not sent."""
-        limit = self.config.budget.memory_bytes_per_trainer
-        if not limit or peak <= limit:
-            return False
-        self.dropped["over_memory_budget"] = self.dropped.get("over_memory_budget", 0) + 1
-        log.error("round %d: peak memory %d bytes exceeds budget.memory_bytes_per_trainer %d; not sending the update",
-                  round_number, peak, limit)
-        return True
+    def _checkpoint_due(self) -> bool:
+        """Whether ``fault_tolerance.checkpoint_interval`` seconds have passed since the last checkpoint."""
+        return time.monotonic() - self._checkpointed_at >= self.config.fault_tolerance.checkpoint_interval
 
     async def _take_ahead(self, round_number: int, shard: int | None) -> AheadBlock | None:
         """The block trained ahead, if it may be this round's update; else None, once an unusable
