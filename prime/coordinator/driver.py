@@ -121,7 +121,7 @@ class RoundDriver:
         self.s.store.bind_task(self.config.task.name, self.task.options_dict(), self.terms_digest)
         if self.s.store.latest_version() is None:
             compress = self.config.network.enable_compression
-            blob = await asyncio.to_thread(tensors.encode_state, self.model.state_dict(), compress=compress)
+            blob = await asyncio.to_thread(tensors.encode_state, self.task.exchanged_state(self.model), compress=compress)
             digest = await asyncio.to_thread(blobs.put_bytes, blob)
             self.s.store.record_genesis(digest, len(blob), self.terms_digest)
 

@@ -23,6 +23,7 @@ ENTRY_POINT_GROUP = "prime.tasks"
 BUILTIN: dict[str, str] = {
     "digits": "prime.tasks.digits",
     "stdlib-lm": "prime.tasks.stdlib_lm",
+    "hf-causal-lm-lora": "prime.tasks.hf_lora",
 }
 
 _registered: dict[str, TaskSpec] = {}
