@@ -35,6 +35,13 @@ from prime.tasks import hf_base, text_data
 from prime.tasks.spec import Shard, StateDict, TaskOptions, TaskSpec
 
 NAME = "hf-causal-lm-lora"
+#: The demo's and the end-to-end test's options: a config-built tiny Llama, adapters on every
+#: projection and the output head, fine-tuned on the standard library's ``email`` package.
+DEMO_OPTIONS = {
+    "base_preset": "tiny-llama", "r": 8, "lora_alpha": 16.0, "stdlib_modules": ["email"], "seq_len": 128,
+    "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "lm_head"],
+    "validation_sequences": 64,
+}
 
 
 class LoraOptions(TaskOptions):
