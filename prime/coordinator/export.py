@@ -13,13 +13,28 @@ from typing import Any
 from prime import __version__
 from prime.coordinator.status import open_read_only
 from prime.core import tensors
-from prime.core.errors import CoordinatorError
+from prime.core.errors import CoordinatorError, PrimeError
 from prime.blobs.store import BlobStore
 from prime.tasks.exported import MAX_WEIGHTS_BYTES, write_model
 
 
 def export_version(data_dir: str | Path, version: str, out: str | Path) -> dict[str, Any]:
     """Write model ``version`` (a number or ``latest``) to ``out``; return the card written beside it."""
+    state, card = read_version(data_dir, version)
+    return write_model(out, state, card)
+
+
+def export_merged(data_dir: str | Path, version: str, out: str | Path) -> dict[str, Any]:
+    """``--merge-lora``: model ``version``'s adapters merged into the task's base model, written as a
+    ``transformers`` model directory at ``out``; return the card written in it."""
+    from prime.tasks.lora_export import write_merged
+
+    state, card = read_version(data_dir, version)
+    return write_merged(out, state, card)
+
+
+def read_version(data_dir: str | Path, version: str) -> tuple[dict, dict[str, Any]]:
+    """Model ``version``'s committed (exchanged) state, and its card."""
     data_dir = Path(data_dir)
     path, db = open_read_only(data_dir)
     try:
@@ -41,7 +56,8 @@ def export_version(data_dir: str | Path, version: str, out: str | Path) -> dict[
         db.close()
     if "task" not in meta:
         raise CoordinatorError(f"{path} records no task (written by an older prime); cannot build a model card")
-    blob = BlobStore(data_dir / "blobs").read_bytes(digest)  # re-verified against its digest
+    store = BlobStore(data_dir / "blobs")
+    blob = store.read_bytes(digest)  # re-verified against its digest
     state = tensors.decode_state(bytearray(blob), max_bytes=MAX_WEIGHTS_BYTES)
     card = {
         "job_id": meta.get("job_id"),
@@ -55,4 +71,16 @@ def export_version(data_dir: str | Path, version: str, out: str | Path) -> dict[
         "coordinator_key": meta.get("coordinator_key"),
         "prime_version": __version__,
     }
-    return write_model(out, state, card)
+    seed = _training_seed(store, config_digest)
+    if seed is not None:  # what build_model drew the weights that are not exchanged from (LoRA's frozen A)
+        card["seed"] = seed
+    return state, card
+
+
+def _training_seed(store: BlobStore, config_digest: str | None) -> int | None:
+    """``training.seed`` of the job's agreed terms (a blob named by their digest), if stored here."""
+    try:
+        terms = json.loads(store.read_bytes(config_digest)) if config_digest else None
+        return int(terms["training"]["seed"])
+    except (PrimeError, OSError, ValueError, KeyError, TypeError):
+        return None

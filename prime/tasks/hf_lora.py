@@ -82,7 +82,7 @@ class LoraOptions(TaskOptions):
 
 
 def load_base(options: LoraOptions) -> tuple[nn.Module, str]:
-    """(the frozen base model, where it came from), its digest checked against the pinned one."""
+    """(the frozen base model, its digest), the digest checked against the pinned one."""
     if options.base_preset is not None:
         model = hf_base.build_preset(options.base_preset, options.base_seed, options.seq_len)
         where = f"preset {options.base_preset!r}, seed {options.base_seed}"
@@ -93,8 +93,7 @@ def load_base(options: LoraOptions) -> tuple[nn.Module, str]:
         if not options.base_digest:
             raise TaskError(f"task.options.base_digest is not set: pin the base model; the one in {path} has digest "
                             f"{hf_base.weights_digest(model)}")
-    hf_base.check_digest(model, options.base_digest, where)
-    return model, where
+    return model, hf_base.check_digest(model, options.base_digest, where)
 
 
 def check_targets(model: nn.Module, targets: tuple[str, ...]) -> None:
