@@ -80,8 +80,10 @@ def check_directory(path: Path) -> None:
 def load_directory(path: Path) -> nn.Module:
     """The causal LM saved in ``path``, in fp32, never fetched from a hub."""
     from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
 
     check_directory(path)
+    hf_logging.disable_progress_bar()  # logs, not terminal bars
     try:
         model = AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True, use_safetensors=True)
     except (OSError, ValueError, KeyError) as exc:
