@@ -107,9 +107,12 @@ def weights_digest(model: nn.Module) -> str:
 
 
 def check_digest(model: nn.Module, pinned: str, where: str) -> str:
-    """The base's digest; a ``TaskError`` naming both digests when it is not the one the job pins."""
+    """The base's digest (computed only when the job pins one: hashing a 1B model takes seconds); a
+    ``TaskError`` naming both digests when it is not the one the job pins."""
+    if not pinned:
+        return ""
     digest = weights_digest(model)
-    if pinned and digest != pinned:
+    if digest != pinned:
         raise TaskError(f"the base model ({where}) has digest {digest}, but the job pins task.options.base_digest = "
                         f"{pinned}: this participant's base model differs from the job's; refusing to train on it")
     return digest

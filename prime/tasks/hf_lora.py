@@ -82,7 +82,7 @@ class LoraOptions(TaskOptions):
 
 
 def load_base(options: LoraOptions) -> tuple[nn.Module, str]:
-    """(the frozen base model, its digest), the digest checked against the pinned one."""
+    """(the frozen base model, its digest if pinned, else ""), the digest checked against the pinned one."""
     if options.base_preset is not None:
         model = hf_base.build_preset(options.base_preset, options.base_seed, options.seq_len)
         where = f"preset {options.base_preset!r}, seed {options.base_seed}"

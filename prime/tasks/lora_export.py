@@ -86,6 +86,6 @@ def _write(staging: Path, merged, task, card: dict[str, Any]) -> dict[str, Any]:
         byte_tokenizer().save_pretrained(str(staging))
         tokenizer = "byte-level (ids are byte values)"
     card = {**card, "merged_lora": True, "tokenizer": tokenizer,
-            "base_digest": task.options.base_digest or load_base(task.options)[1]}
+            "base_digest": task.options.base_digest or hf_base.weights_digest(load_base(task.options)[0])}
     write_atomic(staging / CARD, (json.dumps(card, indent=2, sort_keys=True) + "\n").encode())
     return card
