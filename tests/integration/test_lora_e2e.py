@@ -33,7 +33,7 @@ def _blobs(net: LocalNetwork, query: str) -> list[dict[str, torch.Tensor]]:
 
 def test_federated_lora_moves_only_adapters_learns_and_exports_merged(tmp_path):
     net = LocalNetwork(tmp_path / "net", trainers=2, rounds=2, task="hf-causal-lm-lora",
-                       federated={"local_steps": 6, "round_timeout": 120.0})
+                       federated={"local_steps": 4, "round_timeout": 120.0})
     try:
         net.start_all()
         status = wait_for(net, lambda s: s["rounds_committed"] >= 2 and s, 240, "2 LoRA rounds")
