@@ -1,6 +1,6 @@
 """Finding a task by the name a job config gives it.
 
-Three ways, tried in this order: a built-in name (``digits``, ``stdlib-lm``); an entry point
+Three ways, tried in this order: a built-in name (``digits``, ``stdlib-lm``, ``hf-causal-lm-lora``); an entry point
 ``module:attribute`` naming a ``TaskSpec`` (a user's own task, importable on every
 participant); a name published by an installed package under the ``prime.tasks``
 packaging entry-point group. Unknown names list what is available; an entry point that
