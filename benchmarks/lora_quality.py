@@ -130,7 +130,8 @@ def centralized(options: dict, trainers: int, rounds: int, h: int, batch: int) -
     delta, _ = engine.train(start, LocalWork(steps=rounds * h))
     engine.close()
     task.load_exchanged_state(model, {k: start[k] + delta[k] for k in start})
-    return {"loss": task.evaluate(model, task.load_validation())["loss"], "seconds": round(time.monotonic() - started, 1)}
+    loss = task.evaluate(model, task.load_validation())["loss"]
+    return {"loss": loss, "seconds": round(time.monotonic() - started, 1)}
 
 
 def main(argv: list[str] | None = None) -> int:
