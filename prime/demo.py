@@ -314,4 +314,6 @@ def run_demo(*, trainers: int, rounds: int, workdir: Path | None, as_json: bool,
     print(f"artifacts: {net.workdir}  (job.toml, logs/, coordinator/coordinator.sqlite, */blobs/)")
     print(f"inspect:   prime-coordinator status --data-dir {net.coordinator_dir}")
     print(f"export:    prime-coordinator export --data-dir {net.coordinator_dir} --out model.safetensors")
+    if task == "hf-causal-lm-lora":
+        print(f"merged:    prime-coordinator export --data-dir {net.coordinator_dir} --merge-lora --out merged-model")
     return 0
