@@ -59,7 +59,9 @@ def demo(args: argparse.Namespace) -> int:
     from prime.demo import run_demo
 
     if args.rounds is None:
-        args.rounds = 10 if args.task == "stdlib-lm" else 20
+        args.rounds = {"stdlib-lm": 10, "hf-causal-lm-lora": 6}.get(args.task, 20)
+    if args.trainers is None:
+        args.trainers = 2 if args.task == "hf-causal-lm-lora" else 4  # each loads transformers: 2 cores
     return run_demo(trainers=args.trainers, rounds=args.rounds, workdir=args.workdir, as_json=args.json,
                     local_epochs=args.local_epochs, task=args.task)
 
@@ -121,9 +123,11 @@ def main(argv: list[str] | None = None) -> int:
     sub = p.add_subparsers(dest="command", required=True)
 
     d = sub.add_parser("demo", help="run a local network: broker, DHT, coordinator and N trainers on one task")
-    d.add_argument("--task", default="digits", help="digits (default) or stdlib-lm (the tiny byte-level LM)")
-    d.add_argument("--trainers", type=int, default=4)
-    d.add_argument("--rounds", type=int, help="rounds to run (default: 20 for digits, 10 for stdlib-lm)")
+    d.add_argument("--task", default="digits", help="digits (default), stdlib-lm (the tiny byte-level LM) or "
+                   "hf-causal-lm-lora (LoRA adapters on a tiny transformers Llama)")
+    d.add_argument("--trainers", type=int, help="trainers (default: 4; 2 for hf-causal-lm-lora)")
+    d.add_argument("--rounds", type=int, help="rounds to run (default: 20 for digits, 10 for stdlib-lm, "
+                   "6 for hf-causal-lm-lora)")
     d.add_argument("--local-epochs", type=int, default=2, help="digits: local epochs per round")
     d.add_argument("--workdir", type=Path, help="where configs, logs, keys and models go (default ./runs/demo-TIME)")
     d.add_argument("--json", action="store_true", help="print only the final summary as one JSON object")

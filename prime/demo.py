@@ -58,8 +58,30 @@ def _stdlib_lm_job(trainers: int, rounds: int, local_epochs: int, local_steps: i
     }
 
 
+#: Optimizer steps each trainer takes per round of the LoRA demo.
+LORA_LOCAL_STEPS = 10
+
+
+def _lora_job(trainers: int, rounds: int, local_epochs: int, local_steps: int | None) -> dict[str, Any]:
+    """LoRA adapters on every projection of a config-built tiny Llama, fine-tuned on the ``email``
+    package of the standard library (its files split by document into shards and a held-out set)."""
+    from prime.tasks.hf_lora import DEMO_OPTIONS
+
+    local_steps = local_steps or LORA_LOCAL_STEPS
+    return {
+        "job_id": "hf-lora-demo",
+        "task": {"name": "hf-causal-lm-lora", "options": dict(DEMO_OPTIONS)},
+        "training": {"batch_size": 16, "learning_rate": 1e-2, "gradient_clipping": 1.0,
+                     "optimizer": {"name": "adamw", "weight_decay": 0.0},
+                     "scheduler": {"name": "cosine", "warmup_steps": 5, "t_max": rounds * local_steps,
+                                   "eta_min": 1e-3}},
+        "federated": {"rounds": rounds, "local_steps": local_steps, "min_clients": trainers,
+                      "participation_rate": 1.0, "round_timeout": 120.0, "reward_pool": 100.0},
+    }
+
+
 #: Built-in tasks the demo can run, with their demo jobs.
-DEMO_JOBS = {"digits": _digits_job, "stdlib-lm": _stdlib_lm_job}
+DEMO_JOBS = {"digits": _digits_job, "stdlib-lm": _stdlib_lm_job, "hf-causal-lm-lora": _lora_job}
 
 
 def demo_job(trainers: int, rounds: int, local_epochs: int, mqtt_url: str, coordinator_key: str,
@@ -306,4 +328,6 @@ def run_demo(*, trainers: int, rounds: int, workdir: Path | None, as_json: bool,
     print(f"inspect:   prime-coordinator status --data-dir {net.coordinator_dir}")
     print(f"export:    prime-coordinator export --data-dir {net.coordinator_dir} --out model.safetensors")
     print(f"report:    prime report --data-dir {net.coordinator_dir} --out {net.workdir / 'report'}")
+    if task == "hf-causal-lm-lora":
+        print(f"merged:    prime-coordinator export --data-dir {net.coordinator_dir} --merge-lora --out merged-model")
     return 0

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from prime.console import LOG_LEVELS, hostport, hostport_list, run_main, setup_logging
 from prime.coordinator.daemon import Coordinator
-from prime.coordinator.export import export_version
+from prime.coordinator.export import export_merged, export_version
 from prime.coordinator.status import format_status, read_status
 from prime.core.config import load_config
 from prime.core.errors import PrimeError
@@ -37,9 +37,16 @@ def export_main(argv: list[str]) -> int:
                                 description="Write a committed model version as safetensors plus a JSON card.")
     p.add_argument("--data-dir", required=True, type=Path)
     p.add_argument("--version", default="latest", help="model version number, or latest (default)")
-    p.add_argument("--out", required=True, type=Path, help="weights file to write, e.g. model.safetensors")
+    p.add_argument("--out", required=True, type=Path, help="weights file to write, e.g. model.safetensors "
+                                                              "(with --merge-lora: a model directory)")
+    p.add_argument("--merge-lora", action="store_true", help="merge a LoRA job's adapters into its base model and "
+                   "write a transformers model directory (from_pretrained loads it)")
     args = p.parse_args(argv)
     try:
+        if args.merge_lora:
+            card = export_merged(args.data_dir, args.version, args.out)
+            print(json.dumps({"directory": str(args.out), **card}, indent=2))
+            return 0
         card = export_version(args.data_dir, args.version, args.out)
     except PrimeError as exc:
         print(f"error: {exc}", file=sys.stderr)

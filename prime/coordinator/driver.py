@@ -116,7 +116,7 @@ class RoundDriver:
         seed = self.config.training.seed
         self.model, scoring_model, self.validation = await asyncio.to_thread(
             lambda: (self.task.build_model(seed), self.task.build_model(seed), self.task.load_validation(self.data_path)))
-        genesis = self.model.state_dict()  # CPU tensors (the committed master), kept when the model moves
+        genesis = self.task.exchanged_state(self.model)  # on the CPU (the committed master), kept when it moves
         self.model = await asyncio.to_thread(self.model.to, self.device)
         self.intake.scorer = ContributionScorer(self.task, scoring_model, self.validation, self.config.scoring,
                                                 device=self.device)

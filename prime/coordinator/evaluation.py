@@ -15,5 +15,5 @@ from prime.tasks.spec import Task
 
 
 def evaluate(task: Task, model: nn.Module, state: dict[str, torch.Tensor], validation: Split) -> dict[str, float]:
-    model.load_state_dict(state)
+    task.load_exchanged_state(model, state)
     return task.evaluate(model, validation)

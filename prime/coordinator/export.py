@@ -13,7 +13,7 @@ from typing import Any
 from prime import __version__
 from prime.coordinator.status import open_read_only
 from prime.core import tensors
-from prime.core.errors import CoordinatorError
+from prime.core.errors import CoordinatorError, PrimeError
 from prime.blobs.store import BlobStore
 from prime.observability.progress import steps
 from prime.tasks.exported import MAX_WEIGHTS_BYTES, write_model
@@ -21,6 +21,29 @@ from prime.tasks.exported import MAX_WEIGHTS_BYTES, write_model
 
 def export_version(data_dir: str | Path, version: str, out: str | Path) -> dict[str, Any]:
     """Write model ``version`` (a number or ``latest``) to ``out``; return the card written beside it."""
+    with steps(f"exporting model {version}", 2) as advance:  # read, verify and decode; write: each can be long
+        state, card = read_version(data_dir, version)
+        advance()
+        card = write_model(out, state, card)
+        advance()
+    return card
+
+
+def export_merged(data_dir: str | Path, version: str, out: str | Path) -> dict[str, Any]:
+    """``--merge-lora``: model ``version``'s adapters merged into the task's base model, written as a
+    ``transformers`` model directory at ``out``; return the card written in it."""
+    from prime.tasks.lora_export import write_merged
+
+    with steps(f"merging and exporting model {version}", 2) as advance:
+        state, card = read_version(data_dir, version)
+        advance()
+        card = write_merged(out, state, card)
+        advance()
+    return card
+
+
+def read_version(data_dir: str | Path, version: str) -> tuple[dict, dict[str, Any]]:
+    """Model ``version``'s committed (exchanged) state, and its card."""
     data_dir = Path(data_dir)
     path, db = open_read_only(data_dir)
     try:
@@ -42,6 +65,9 @@ def export_version(data_dir: str | Path, version: str, out: str | Path) -> dict[
         db.close()
     if "task" not in meta:
         raise CoordinatorError(f"{path} records no task (written by an older prime); cannot build a model card")
+    store = BlobStore(data_dir / "blobs")
+    blob = store.read_bytes(digest)  # re-verified against its digest
+    state = tensors.decode_state(bytearray(blob), max_bytes=MAX_WEIGHTS_BYTES)
     card = {
         "job_id": meta.get("job_id"),
         "task": meta["task"],
@@ -54,11 +80,16 @@ def export_version(data_dir: str | Path, version: str, out: str | Path) -> dict[
         "coordinator_key": meta.get("coordinator_key"),
         "prime_version": __version__,
     }
-    with steps(f"exporting model v{number}", 3) as advance:  # read + verify, decode, write: each can be long
-        blob = BlobStore(data_dir / "blobs").read_bytes(digest)  # re-verified against its digest
-        advance()
-        state = tensors.decode_state(bytearray(blob), max_bytes=MAX_WEIGHTS_BYTES)
-        advance()
-        card = write_model(out, state, card)
-        advance()
-    return card
+    seed = _training_seed(store, config_digest)
+    if seed is not None:  # what build_model drew the weights that are not exchanged from (LoRA's frozen A)
+        card["seed"] = seed
+    return state, card
+
+
+def _training_seed(store: BlobStore, config_digest: str | None) -> int | None:
+    """``training.seed`` of the job's agreed terms (a blob named by their digest), if stored here."""
+    try:
+        terms = json.loads(store.read_bytes(config_digest)) if config_digest else None
+        return int(terms["training"]["seed"])
+    except (PrimeError, OSError, ValueError, KeyError, TypeError):
+        return None

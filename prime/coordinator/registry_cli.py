@@ -50,7 +50,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="weights file (safetensors), or a directory for --format dir / transformers")
     p.add_argument("--format", choices=sorted(FORMATS), default="safetensors",
                    help="safetensors (+ card beside it), dir (a directory prime.load_model opens), transformers "
-                        "(a directory transformers' AutoModelForCausalLM opens: stdlib-lm with SwiGLU)")
+                        "(a directory transformers' AutoModelForCausalLM opens: stdlib-lm with SwiGLU), merged-lora "
+                        "(a LoRA job's adapters merged into its base, a transformers directory)")
+    p.add_argument("--merge-lora", dest="format", action="store_const", const="merged-lora",
+                   help="the same as --format merged-lora")
     p = command("promote", "move a version to staging, production or archived (gates must pass; audited)")
     p.add_argument("version")
     p.add_argument("--to", required=True, choices=("staging", "production", "archived"))

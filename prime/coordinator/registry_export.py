@@ -5,10 +5,9 @@ against their digest, the JSON model card) and adds the version's registry recor
 card (stage, lineage, contributors, metadata, promotions), so a model file says where it
 came from. Formats: ``safetensors`` (a weights file with its card beside it), ``dir`` (a
 directory ``prime.load_model`` opens), ``transformers`` (a directory
-``transformers.AutoModelForCausalLM.from_pretrained`` opens, for the stdlib-lm task).
-
-A format that changes the weights before writing them (a LoRA task's merged export) is one
-more entry in ``FORMATS``: a function ``(data_dir, entry, out) -> card``.
+``transformers.AutoModelForCausalLM.from_pretrained`` opens, for the stdlib-lm task),
+``merged-lora`` (``--merge-lora``: a LoRA job's adapters merged into its base, a ``transformers``
+directory). A format is a function ``(data_dir, entry, out) -> card`` in ``FORMATS``.
 """
 
 from __future__ import annotations
@@ -62,10 +61,21 @@ def export_transformers(data_dir: Path, entry: VersionEntry, out: Path) -> dict[
     return {**card, "transformers_dir": str(out)}
 
 
+def export_merged_lora(data_dir: Path, entry: VersionEntry, out: Path) -> dict[str, Any]:
+    """A LoRA job's adapters merged into its base: a ``transformers`` model directory (``--merge-lora``)."""
+    from prime.coordinator.export import export_merged
+    from prime.tasks.lora_export import CARD
+
+    card = {**export_merged(data_dir, str(entry.version), out), "registry": _registry_card(entry)}
+    write_atomic(out / CARD, (json.dumps(card, indent=2, sort_keys=True) + "\n").encode())
+    return {**card, "transformers_dir": str(out)}
+
+
 FORMATS: dict[str, Callable[[Path, VersionEntry, Path], dict[str, Any]]] = {
     "safetensors": export_safetensors,
     "dir": export_dir,
     "transformers": export_transformers,
+    "merged-lora": export_merged_lora,
 }
 
 

@@ -87,7 +87,7 @@ class ContributionScorer:
 
     @torch.no_grad()
     def _loss(self, state: StateDict) -> float:
-        self.model.load_state_dict(state, strict=True)
+        self.task.load_exchanged_state(self.model, state)
         x, y = self._batch
         return float(self.task.loss(self.model, x, y))
 

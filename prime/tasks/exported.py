@@ -76,8 +76,8 @@ def load_model(path: str | Path) -> nn.Module:
         raise TaskError(f"{path}: {exc}") from None
     task = resolve_task(card["task"], card.get("task_options") or {}, str(card_path(path)))
     model = task.build_model(int(card.get("seed", 0)))
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise TaskError(f"{path}: weights do not fit task {task.name!r}: missing {missing[:5]}, "
-                        f"unexpected {unexpected[:5]}")
+    try:
+        task.load_exchanged_state(model, state)  # all weights, or a fine-tuning task's adapters
+    except (TaskError, RuntimeError) as exc:
+        raise TaskError(f"{path}: weights do not fit task {task.name!r}: {exc}") from None
     return model.eval()

@@ -1,8 +1,8 @@
 """Finding a task by the name a job config gives it.
 
-Three ways, tried in this order: a built-in name (``digits``, ``stdlib-lm``); an entry point
-``module:attribute`` naming a ``TaskSpec`` (a user's own task, importable on every
-participant); a name published by an installed package under the ``prime.tasks``
+Three ways, tried in this order: a built-in name (``digits``, ``stdlib-lm``,
+``hf-causal-lm-lora``); an entry point ``module:attribute`` naming a ``TaskSpec`` (a user's
+own task, importable on every participant); a name published by an installed package under the ``prime.tasks``
 packaging entry-point group. Unknown names list what is available; an entry point that
 fails to import names itself and the import error.
 """
@@ -23,6 +23,7 @@ ENTRY_POINT_GROUP = "prime.tasks"
 BUILTIN: dict[str, str] = {
     "digits": "prime.tasks.digits",
     "stdlib-lm": "prime.tasks.stdlib_lm",
+    "hf-causal-lm-lora": "prime.tasks.hf_lora",
 }
 
 _registered: dict[str, TaskSpec] = {}

@@ -24,6 +24,9 @@ from pydantic import BaseModel, ConfigDict
 from torch import nn
 
 from prime.core.datasets import Split
+from prime.core.errors import TaskError
+
+StateDict = dict[str, torch.Tensor]
 
 
 class TaskOptions(BaseModel):
@@ -57,6 +60,11 @@ def default_shard_units(model: nn.Module) -> list[nn.Module]:
     return [child for child in model.children() if any(True for _ in child.parameters())]
 
 
+def whole_state(options: Any, model: nn.Module, state: StateDict) -> StateDict:
+    """The default exchanged state: all of it (every parameter and persistent buffer)."""
+    return state
+
+
 @dataclass(frozen=True)
 class TaskSpec:
     """One trainable thing. Every callable gets the task's validated options first.
@@ -70,6 +78,11 @@ class TaskSpec:
     - ``evaluate(options, model, data)``: metrics of a model on held-out data, names as in ``metrics``.
     - ``shard_units(options, model)``: the modules that become FSDP2 shard units (and, when the job
       asks, activation-checkpointed and compiled units), innermost first; the root is sharded last.
+    - ``exchanged_state(options, model, state)``: the part of ``state`` (``model.state_dict()``) that
+      moves between participants and is aggregated, committed and exported: by default all of it; a
+      fine-tuning task returns its adapters only (possibly under other names, e.g. PEFT's). The values
+      must be entries of ``state`` itself (not copies), so that ``Task.exchanged_names`` can map each
+      exchanged name back to the model's own; everything not exchanged is rebuilt by ``build_model``.
     """
 
     name: str
@@ -97,6 +110,7 @@ class TaskSpec:
     #: ``data_source(options, shard)``: the data set and the files a shard reads (``DataSource``), for the
     #: job manifest's per-file digests (``prime manifest build``). None: a manifest cannot pin this task's data.
     data_source: Callable[[Any, Shard], DataSource] | None = None
+    exchanged_state: Callable[[Any, nn.Module, StateDict], StateDict] = whole_state
 
     def bind(self, options: TaskOptions) -> "Task":
         return Task(self, options)
@@ -155,3 +169,44 @@ class Task:
 
     def options_dict(self) -> dict[str, Any]:
         return self.options.model_dump(mode="json")
+
+    # -- the exchanged state: what moves, is aggregated, committed and exported --------------
+    @property
+    def exchanges_whole_state(self) -> bool:
+        return self.spec.exchanged_state is whole_state
+
+    def exchanged_names(self, model: nn.Module) -> dict[str, str]:
+        """Exchanged name → the model's own ``state_dict`` name, in the exchanged state's order."""
+        state = model.state_dict()
+        if self.exchanges_whole_state:
+            return {k: k for k in state}
+        own = {id(v): k for k, v in state.items()}
+        picked = self.spec.exchanged_state(self.options, model, state)
+        names = {}
+        for name, value in picked.items():
+            if id(value) not in own:
+                raise TaskError(f"task {self.name!r}: exchanged_state returned {name!r}, which is not an entry of "
+                                "the model's state_dict (return entries of the state it is given, not copies)")
+            names[name] = own[id(value)]
+        if not names:
+            raise TaskError(f"task {self.name!r}: exchanged_state picks nothing of the model: nothing would be trained")
+        return names
+
+    def exchanged_state(self, model: nn.Module) -> StateDict:
+        """What this model would send: ``spec.exchanged_state`` of its ``state_dict`` (live tensors)."""
+        state = model.state_dict()
+        return dict(self.spec.exchanged_state(self.options, model, state))
+
+    def load_exchanged_state(self, model: nn.Module, state: StateDict) -> None:
+        """Load an exchanged state into ``model``: exactly the exchanged names, nothing else touched."""
+        if self.exchanges_whole_state:
+            model.load_state_dict(state, strict=True)
+            return
+        names = self.exchanged_names(model)
+        if set(state) != set(names):
+            missing, extra = sorted(set(names) - set(state)), sorted(set(state) - set(names))
+            raise TaskError(f"task {self.name!r}: the state does not fit this model's exchanged part: "
+                            f"missing {missing[:5]}, unexpected {extra[:5]}")
+        _, unexpected = model.load_state_dict({names[k]: v for k, v in state.items()}, strict=False)
+        if unexpected:  # cannot happen for names taken from the model's own state_dict
+            raise TaskError(f"task {self.name!r}: unexpected names {unexpected[:5]}")

@@ -198,10 +198,15 @@ class LocalEngine:
         self.data_path = data_path
         self.channel = RankChannel(self.rank, self.world_size, self.device)
         model = model if model is not None else task.build_model(training.seed)
-        self.shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+        # The exchanged state (all of it, or a fine-tuning task's adapters): names and shapes, taken
+        # before sharding (FSDP2 keeps the names).
+        self.exchanged = task.exchanged_names(model)
+        own = model.state_dict()
+        self.shapes = {k: tuple(own[name].shape) for k, name in self.exchanged.items()}
+        del own
         self.model = shard_model(model.to(self.device), task.shard_units(model), training, self.device,
                                  self.world_size)
-        self.optimizer = build_optimizer(self.model.parameters(), training, self.device)
+        self.optimizer = build_optimizer(self._trainable(), training, self.device)
         self.data: Split | None = None
         self.shard: Shard | None = None
         self.position = DataPosition()
@@ -232,10 +237,20 @@ class LocalEngine:
             self.data, self.shard = self.task.load_shard(shard), shard
 
     # -- state ------------------------------------------------------------------------------
+    def _trainable(self) -> list[nn.Parameter]:
+        """The parameters the optimizer steps (a fine-tuning task freezes its base model)."""
+        return [p for p in self.model.parameters() if p.requires_grad]
+
     def global_state(self) -> StateDict:
-        """The model's full (unsharded) weights on CPU as plain tensors (on rank 0; {} elsewhere)."""
-        state = get_model_state_dict(self.model, options=_FULL)
-        return {k: _plain(v) for k, v in state.items()}
+        """The exchanged state's full (unsharded) tensors on CPU as plain tensors (on rank 0; {} elsewhere).
+
+        With a task that exchanges part of its model (adapters) only that part is gathered."""
+        if self.task.exchanges_whole_state:
+            state = get_model_state_dict(self.model, options=_FULL)
+            return {k: _plain(v) for k, v in state.items()}
+        own = self.model.state_dict()  # sharded DTensors: nothing is gathered for the frozen base
+        state = {k: _plain(own[name]) for k, name in self.exchanged.items()}  # a collective per tensor, same order
+        return state if self.rank == 0 else {}
 
     def check_matches(self, state: StateDict) -> None:
         """Raise ``TrainerError`` naming what differs if ``state`` does not fit this node's model."""
@@ -246,9 +261,11 @@ class LocalEngine:
 
     def load_global(self, state: StateDict) -> None:
         """Load the full global state; on several ranks rank 0 holds it and broadcasts it."""
-        options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=self.world_size > 1)
-        # set_model_state_dict replaces the dict's values with DTensors: give it a copy.
-        set_model_state_dict(self.model, dict(state) if self.rank == 0 else {}, options=options)
+        whole = self.task.exchanges_whole_state
+        options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=self.world_size > 1, strict=whole)
+        if self.rank == 0:  # set_model_state_dict replaces the dict's values with DTensors: give it a copy
+            state = dict(state) if whole else {self.exchanged[k]: v for k, v in state.items()}
+        set_model_state_dict(self.model, state if self.rank == 0 else {}, options=options)
 
     def train(self, start: StateDict | None, work: LocalWork, *,
               round_key: RoundKey | None = None) -> tuple[StateDict, TrainMetrics]:
@@ -296,7 +313,7 @@ class LocalEngine:
             self.load_global(start)
         self.model.train()
         if plan is not None:  # nothing of earlier rounds carries over
-            self.optimizer = build_optimizer(self.model.parameters(), self.training, self.device)
+            self.optimizer = build_optimizer(self._trainable(), self.training, self.device)
         anchor = [p.detach().clone() for p in self.model.parameters()] if self.proximal_mu > 0 else None
         metrics = self._run(work, plan, anchor)
         end = self.global_state()
@@ -361,7 +378,7 @@ class LocalEngine:
                 if anchor is not None:
                     self._proximal(anchor)
                 if cfg.gradient_clipping > 0:
-                    torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.gradient_clipping)
+                    torch.nn.utils.clip_grad_norm_(self._trainable(), cfg.gradient_clipping)
                 self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
                 self.steps_done += 1
