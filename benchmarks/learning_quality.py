@@ -29,6 +29,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from prime.core.config import JobConfig, parse_config  # noqa: E402
+from prime.core.errors import PrimeError  # noqa: E402
 from prime.core.datasets import Split  # noqa: E402
 from prime.demo import LocalNetwork  # noqa: E402
 from prime.tasks import Shard, task_of  # noqa: E402
@@ -45,17 +46,11 @@ def federated(task_name: str, trainers: int, rounds: int, work: int | None, work
     kwargs = {"local_steps": work} if task_name == "stdlib-lm" else {"local_epochs": work or 2}
     with LocalNetwork(workdir, trainers, rounds, task=task_name, **kwargs) as net:
         net.start_all()
-        deadline = time.monotonic() + 60 * rounds
-        while time.monotonic() < deadline:
-            status = net.status()
-            if status and status["rounds_committed"] >= rounds:
-                return net.config, status["rounds"][-1]["metrics"], time.monotonic() - started
-            crashed = {n: rc for n, rc in net.dead().items() if rc not in (0, None)}
-            if crashed:
-                name = next(iter(crashed))
-                raise SystemExit(f"{name} exited with {crashed[name]}:\n{net.log_tail(name)}")
-            time.sleep(0.5)
-    raise SystemExit(f"{task_name}: {rounds} rounds did not commit in time")
+        try:
+            status = net.wait_for_rounds(rounds, 60 * rounds)
+        except PrimeError as exc:
+            raise SystemExit(f"{task_name}: {exc}") from None
+        return net.config, status["rounds"][-1]["metrics"], time.monotonic() - started
 
 
 def union(task, count: int) -> Split:

@@ -37,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from prime.blobs.store import BlobStore  # noqa: E402
 from prime.core import tensors  # noqa: E402
 from prime.core.config import parse_config  # noqa: E402
+from prime.core.errors import PrimeError  # noqa: E402
 from prime.core.datasets import Split  # noqa: E402
 from prime.demo import LocalNetwork  # noqa: E402
 from prime.tasks import Shard, hf_base, stdlib_corpus as corpus  # noqa: E402
@@ -92,18 +93,10 @@ def federated(options: dict, trainers: int, rounds: int, h: int, batch: int, wor
     with LocalNetwork(workdir, trainers, rounds, task={"name": "hf-causal-lm-lora", "options": options},
                       local_steps=h, training=recipe["training"], federated=recipe["federated"]) as net:
         net.start_all()
-        deadline = time.monotonic() + 600 * rounds
-        while time.monotonic() < deadline:
-            status = net.status()
-            if status and status["rounds_committed"] >= rounds:
-                break
-            crashed = {n: rc for n, rc in net.dead().items() if rc not in (0, None)}
-            if crashed:
-                name = next(iter(crashed))
-                raise SystemExit(f"{name} exited with {crashed[name]}:\n{net.log_tail(name)}")
-            time.sleep(0.5)
-        else:
-            raise SystemExit(f"{rounds} rounds did not commit in time")
+        try:
+            net.wait_for_rounds(rounds, 600 * rounds)
+        except PrimeError as exc:
+            raise SystemExit(str(exc)) from None
         db = sqlite3.connect(net.coordinator_dir / "coordinator.sqlite")
         digests = [row[0] for row in db.execute("SELECT digest FROM updates")]
         model_digest = db.execute("SELECT digest FROM model_versions ORDER BY version DESC LIMIT 1").fetchone()[0]

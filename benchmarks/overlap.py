@@ -43,6 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from prime.blobs.service import SIMULATED_UPLINK_ENV  # noqa: E402
 from prime.core.config import dump_toml, parse_config  # noqa: E402
+from prime.core.errors import PrimeError  # noqa: E402
 from prime.demo import LocalNetwork  # noqa: E402
 from prime.telemetry import read_metrics  # noqa: E402
 
@@ -131,19 +132,10 @@ def run(args: argparse.Namespace, mbit: float, overlap: bool, workdir: Path) -> 
         if len(cores) >= 2:
             for i, name in enumerate(net.trainer_names):
                 pin(net, [name], {cores[1 + i % (len(cores) - 1)]})
-        deadline = time.monotonic() + args.timeout
-        status = None
-        while time.monotonic() < deadline:
-            status = net.status()
-            if status and status["rounds_committed"] >= args.rounds:
-                break
-            crashed = {n: rc for n, rc in net.dead().items() if rc not in (0, None)}
-            if crashed:
-                name = next(iter(crashed))
-                raise SystemExit(f"{name} exited with {crashed[name]}:\n{net.log_tail(name)}")
-            time.sleep(0.5)
-        else:
-            raise SystemExit(f"{args.rounds} rounds did not commit in {args.timeout:.0f}s; last status {status}")
+        try:
+            status = net.wait_for_rounds(args.rounds, args.timeout)
+        except PrimeError as exc:
+            raise SystemExit(str(exc)) from None
         wall = time.monotonic() - started
         time.sleep(1.5)  # metrics.json is rewritten every second
         trainers = [read_metrics(net.trainer_dir(name)) or {} for name in net.trainer_names]

@@ -204,6 +204,21 @@ class LocalNetwork:
         except (PrimeError, OSError, ValueError, sqlite3.Error):
             return None  # not created yet, mid-restore, or mid-write: try again next poll
 
+    def wait_for_rounds(self, rounds: int, timeout: float) -> dict[str, Any]:
+        """Poll until ``rounds`` rounds are committed; the status then. A process that crashed, or the
+        timeout, is a ``PrimeError`` with the log tail (what the benchmarks print and exit on)."""
+        deadline, status = time.monotonic() + timeout, None
+        while time.monotonic() < deadline:
+            status = self.status()
+            if status and status["rounds_committed"] >= rounds:
+                return status
+            crashed = {n: rc for n, rc in self.dead().items() if rc not in (0, None)}
+            if crashed:
+                name = next(iter(crashed))
+                raise PrimeError(f"{name} exited with {crashed[name]}:\n{self.log_tail(name)}")
+            time.sleep(0.5)
+        raise PrimeError(f"{rounds} rounds did not commit in {timeout:.0f}s; last status {status}")
+
     def signal(self, name: str, sig: int = signal.SIGKILL) -> None:
         proc = self.procs.get(name)
         if proc is not None and proc.poll() is None:

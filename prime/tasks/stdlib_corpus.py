@@ -31,6 +31,7 @@ import torch
 
 from prime.core.datasets import Split
 from prime.core.errors import TaskError
+from prime.tasks.balance import balanced_shards
 
 SKIP_DIRS = frozenset({"test", "tests", "idlelib", "site-packages", "lib2to3", "__pycache__", "turtledemo", "ensurepip"})
 #: Validation-only modules; all are in both the 3.11 and 3.12 standard libraries.
@@ -112,21 +113,8 @@ def split_modules(modules: tuple[Module, ...] | list[Module]) -> tuple[list[Modu
 
 
 def partition(modules: list[Module] | tuple[Module, ...], count: int) -> list[list[Module]]:
-    """Whole modules into ``count`` shards balanced by bytes: greedy, largest module first into
-    the currently smallest shard (ties: lower shard index; modules of equal size by name).
-    Deterministic; each shard's modules sorted by name."""
-    if count < 1:
-        raise TaskError(f"shard count must be at least 1, got {count}")
-    if len(modules) < count:
-        raise TaskError(f"cannot cut {len(modules)} modules into {count} shards: every shard needs at least one whole "
-                        f"module; use at most {len(modules)} shards or a larger corpus")
-    shards: list[list[Module]] = [[] for _ in range(count)]
-    sizes = [0] * count
-    for m in sorted(modules, key=lambda m: (-m.size, m.name)):
-        i = min(range(count), key=lambda j: (sizes[j], j))
-        shards[i].append(m)
-        sizes[i] += m.size
-    return [sorted(s, key=lambda m: m.name) for s in shards]
+    """Whole modules into ``count`` shards balanced by bytes (``balance.balanced_shards``)."""
+    return balanced_shards(modules, count, size=lambda m: m.size, name=lambda m: m.name, what="modules")
 
 
 def read_modules(modules: list[Module] | tuple[Module, ...]) -> torch.Tensor:

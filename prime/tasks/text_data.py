@@ -23,6 +23,7 @@ import torch
 
 from prime.core.datasets import Split
 from prime.core.errors import TaskError
+from prime.tasks.balance import balanced_shards
 from prime.tasks import stdlib_corpus as corpus
 
 #: Largest single data file read (a JSON-lines file of many documents included).
@@ -127,18 +128,8 @@ def split(documents: list[Document], held_out_fraction: float) -> tuple[list[Doc
 
 def partition(documents: list[Document], count: int) -> list[list[Document]]:
     """Whole documents into ``count`` shards balanced by bytes (deterministic)."""
-    if count < 1:
-        raise TaskError(f"shard count must be at least 1, got {count}")
-    if len(documents) < count:
-        raise TaskError(f"cannot cut {len(documents)} training documents into {count} shards: "
-                        f"use at most {len(documents)} shards or more data")
-    shards: list[list[Document]] = [[] for _ in range(count)]
-    sizes = [0] * count
-    for doc in sorted(documents, key=lambda d: (-len(d.text), d.name)):
-        i = min(range(count), key=lambda j: (sizes[j], j))
-        shards[i].append(doc)
-        sizes[i] += len(doc.text)
-    return [sorted(s, key=lambda d: d.name) for s in shards]
+    return balanced_shards(documents, count, size=lambda d: len(d.text), name=lambda d: d.name,
+                           what="training documents")
 
 
 Tokenize = Callable[[bytes], list[int] | torch.Tensor]
