@@ -94,7 +94,7 @@ def federated(options: dict, trainers: int, rounds: int, h: int, batch: int, wor
                       local_steps=h, training=recipe["training"], federated=recipe["federated"]) as net:
         net.start_all()
         try:
-            net.wait_for_rounds(rounds, 600 * rounds)
+            status = net.wait_for_rounds(rounds, 600 * rounds)
         except PrimeError as exc:
             raise SystemExit(str(exc)) from None
         db = sqlite3.connect(net.coordinator_dir / "coordinator.sqlite")

@@ -217,7 +217,6 @@ class RoundDriver:
             await asyncio.sleep(0.1)
 
     async def _run_round(self, round_number: int) -> None:
-        fed = self.config.federated
         began = time.monotonic()  # the round's share of the job's wall time (budget.wall_seconds)
         version, digest, size = self.s.store.latest_version()
         global_state, inline = await self._model(digest, size)

@@ -534,6 +534,29 @@ class TrainerNode:
         """Whether ``fault_tolerance.checkpoint_interval`` seconds have passed since the last checkpoint."""
         return time.monotonic() - self._checkpointed_at >= self.config.fault_tolerance.checkpoint_interval
 
+    async def _data_is_the_jobs(self, ann: RoundAnnouncement) -> bool:
+        """Whether this node's files for its shard (and its task source) are the job manifest's; if
+        not, say which differ and skip the round (the node keeps following later rounds)."""
+        shard = ann.shard_of(self.identity.public_key)
+        lines = await self.data_check.differences(ann, shard)
+        if not lines:
+            return True
+        self.dropped["data_mismatch"] = self.dropped.get("data_mismatch", 0) + 1
+        log.error("round %d: this node's data for shard %d is not the job's (manifest %s…); not training:\n  %s",
+                  ann.round, shard, ann.manifest_digest[:16], "\n  ".join(lines))
+        return False
+
+    def _over_memory_budget(self, round_number: int, peak: int) -> bool:
+        """True (and logged) if this round peaked above ``budget.memory_bytes_per_trainer``: the
+        coordinator would refuse the update, so it is not sent."""
+        limit = self.config.budget.memory_bytes_per_trainer
+        if not limit or peak <= limit:
+            return False
+        self.dropped["over_memory_budget"] = self.dropped.get("over_memory_budget", 0) + 1
+        log.error("round %d: peak memory %d bytes exceeds budget.memory_bytes_per_trainer %d; not sending the update",
+                  round_number, peak, limit)
+        return True
+
     async def _take_ahead(self, round_number: int, shard: int | None) -> AheadBlock | None:
         """The block trained ahead, if it may be this round's update; else None, once an unusable
         one has ended (the engine is busy until then)."""
