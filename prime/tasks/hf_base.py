@@ -72,8 +72,8 @@ def check_directory(path: Path) -> None:
             if not (path / shard).is_file():
                 raise TaskError(f"base model directory {path} is missing {shard} (listed in {WEIGHTS_INDEX})")
     elif not (path / WEIGHTS).is_file():
-        pickled = [p.name for p in path.glob("*.bin")]
-        hint = f" ({', '.join(pickled)} is pickled: convert it to safetensors)" if pickled else ""
+        bin_files = [p.name for p in path.glob("*.bin")]
+        hint = f" ({', '.join(bin_files)}: torch's pickle format, never loaded; convert it to safetensors)" if bin_files else ""
         raise TaskError(f"base model directory {path} has no {WEIGHTS} or {WEIGHTS_INDEX}{hint}")
 
 
