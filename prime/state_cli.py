@@ -8,7 +8,6 @@ plaintext state for the first time.
 from __future__ import annotations
 
 import argparse
-import getpass
 import json
 import sys
 from pathlib import Path
@@ -56,7 +55,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _audit_rotation(data_dir: Path, old, new, report: dict) -> None:
     """A ``key_rotation`` line in the node's audit log, signed with its node key (if it has one)."""
-    from prime.audit import AuditLog
+    from prime.audit import AuditLog, operator_name
     from prime.core.identity import KEY_FILE, Identity
 
     if not (Path(data_dir) / KEY_FILE).exists():
@@ -64,6 +63,6 @@ def _audit_rotation(data_dir: Path, old, new, report: dict) -> None:
     log = AuditLog.open(data_dir, Identity.load(Path(data_dir) / KEY_FILE))
     try:
         log.append("key_rotation", old_key_id=old.key_id.hex() if old else None, new_key_id=new.key_id.hex(),
-                   user=getpass.getuser(), **report)
+                   user=operator_name(), **report)
     finally:
         log.close()

@@ -4,7 +4,7 @@
 whole writing API; ``prime audit verify --data-dir D`` checks a log (``cli.py``).
 """
 
-from prime.audit.log import AUDIT_FILE, HEAD_FILE, AuditLog
+from prime.audit.log import AUDIT_FILE, HEAD_FILE, AuditLog, operator_name
 from prime.audit.verify import AuditReport, verify_log
 
-__all__ = ["AUDIT_FILE", "HEAD_FILE", "AuditLog", "AuditReport", "verify_log"]
+__all__ = ["AUDIT_FILE", "HEAD_FILE", "AuditLog", "AuditReport", "operator_name", "verify_log"]

@@ -17,6 +17,7 @@ line (never acknowledged, never in the head): the next writer cuts it off and lo
 
 from __future__ import annotations
 
+import getpass
 import enum
 import fcntl
 import hashlib
@@ -232,3 +233,11 @@ class AuditLog:
             return None
         except (OSError, ValueError, KeyError, TypeError):
             return (-1, "")  # unreadable: never a match
+
+
+def operator_name() -> str:
+    """Who runs an audited operator command (the OS user; ``unknown`` where there is none)."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"

@@ -21,12 +21,7 @@ from prime.tasks.exported import MAX_WEIGHTS_BYTES, write_model
 
 def export_version(data_dir: str | Path, version: str, out: str | Path) -> dict[str, Any]:
     """Write model ``version`` (a number or ``latest``) to ``out``; return the card written beside it."""
-    with steps(f"exporting model {version}", 2) as advance:  # read, verify and decode; write: each can be long
-        state, card = read_version(data_dir, version)
-        advance()
-        card = write_model(out, state, card)
-        advance()
-    return card
+    return _export(data_dir, version, out, write_model, "exporting")
 
 
 def export_merged(data_dir: str | Path, version: str, out: str | Path) -> dict[str, Any]:
@@ -34,10 +29,14 @@ def export_merged(data_dir: str | Path, version: str, out: str | Path) -> dict[s
     ``transformers`` model directory at ``out``; return the card written in it."""
     from prime.tasks.lora_export import write_merged
 
-    with steps(f"merging and exporting model {version}", 2) as advance:
+    return _export(data_dir, version, out, write_merged, "merging and exporting")
+
+
+def _export(data_dir: str | Path, version: str, out: str | Path, write, doing: str) -> dict[str, Any]:
+    with steps(f"{doing} model {version}", 2) as advance:  # read, verify and decode; write: each can be long
         state, card = read_version(data_dir, version)
         advance()
-        card = write_merged(out, state, card)
+        card = write(out, state, card)
         advance()
     return card
 

@@ -9,14 +9,13 @@ past failing gates needs ``--force`` and is audited as forced.
 from __future__ import annotations
 
 import argparse
-import getpass
 import json
 import sqlite3
 import sys
 from pathlib import Path
 from typing import Any
 
-from prime.audit import AuditLog
+from prime.audit import AuditLog, operator_name
 from prime.coordinator import registry
 from prime.coordinator.gates import STAGES
 from prime.coordinator.registry_export import FORMATS, export
@@ -225,9 +224,9 @@ def _operator(args: argparse.Namespace, action) -> int:
             result = action(log)
         except PrimeError as exc:
             log.append("operator_command", command=f"registry {args.registry_command}", args=asked,
-                       user=_user(), outcome=f"refused: {exc}")
+                       user=operator_name(), outcome=f"refused: {exc}")
             raise
-        log.append("operator_command", command=f"registry {args.registry_command}", args=asked, user=_user(),
+        log.append("operator_command", command=f"registry {args.registry_command}", args=asked, user=operator_name(),
                    outcome="ok")
     finally:
         log.close()
@@ -235,18 +234,11 @@ def _operator(args: argparse.Namespace, action) -> int:
     return 0
 
 
-def _user() -> str:
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return "unknown"
-
-
 def promote_cmd(args: argparse.Namespace) -> int:
     def action(log: AuditLog) -> dict:
         db = registry.open_writable(args.data_dir / DB_NAME)
         try:
-            done = registry.promote(db, args.version, args.to, force=args.force, reason=args.reason, who=_user())
+            done = registry.promote(db, args.version, args.to, force=args.force, reason=args.reason, who=operator_name())
         finally:
             db.close()
         for p in done:
