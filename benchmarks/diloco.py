@@ -21,6 +21,11 @@ encode and decode throughput against memcpy (``tensor.copy_``) on the model's ow
 
     python benchmarks/diloco.py [--trainers 4] [--steps 500] [--h 10,50,100,500]
                                 [--codecs fp32,fp16,bf16,int8,uint8,topk] [--jobs K] [--json PATH]
+
+On a GPU, a larger preset (``--preset 350m --device cuda --precision bf16``): every engine and the
+held-out evaluation run on the GPU, and per-step averaging accumulates the N trainers' micro-batches
+(``gradient_accumulation`` = N, the same mean gradient) instead of one N-times-larger batch, which
+would not fit in memory at this size.
 """
 
 from __future__ import annotations
@@ -53,17 +58,33 @@ CODEC_PARAMS = {"int8": {"block_size": 256}, "topk": {"fraction": 0.1}}
 MAX_BLOB = 1 << 31
 
 
+#: Where and at what size the arms run (``main`` sets it from the command line; a worker process gets
+#: it with its arm): the task's options, ``[training]`` keys, and the torch device.
+SCALE: dict[str, Any] = {"options": {}, "training": {}, "device": "cpu"}
+
+
 def job(trainers: int, steps: int, h: int, aggregation: dict[str, Any]) -> JobConfig:
-    return demo_job(trainers, max(1, steps // h), 1, "mqtt://127.0.0.1:1", "00" * 32, {}, task="stdlib-lm",
-                    local_steps=h, federated={"aggregation": aggregation},
-                    training={"scheduler": {"name": "cosine", "warmup_steps": 10, "t_max": steps, "eta_min": 3e-4}})
+    config = demo_job(trainers, max(1, steps // h), 1, "mqtt://127.0.0.1:1", "00" * 32, {}, task="stdlib-lm",
+                      local_steps=h, federated={"aggregation": aggregation},
+                      training={"scheduler": {"name": "cosine", "warmup_steps": 10, "t_max": steps, "eta_min": 3e-4},
+                                **SCALE["training"]})
+    if not SCALE["options"]:
+        return config
+    data = config.model_dump(mode="json", exclude_none=True)
+    data["task"]["options"] = {**data["task"].get("options", {}), **SCALE["options"]}
+    return parse_config(data, "diloco benchmark job")
+
+
+def device() -> torch.device:
+    return torch.device(SCALE["device"])
 
 
 def evaluate(config: JobConfig, state: dict) -> float:
     task = task_of(config)
     model = task.build_model(config.training.seed)
     model.load_state_dict(state)
-    return task.evaluate(model, task.load_validation())["bits_per_byte"]
+    with torch.autocast(device().type, torch.bfloat16, enabled=config.training.precision.value == "bf16"):
+        return task.evaluate(model.to(device()), task.load_validation())["bits_per_byte"]
 
 
 def per_step(trainers: int, steps: int) -> dict[str, Any]:
@@ -71,8 +92,10 @@ def per_step(trainers: int, steps: int) -> dict[str, Any]:
     config = job(trainers, steps, steps, {"name": "fedavg"})
     task = task_of(config)
     recipe = config.training.model_dump(mode="json")
-    training = parse_config({"training": {**recipe, "batch_size": recipe["batch_size"] * trainers}}).training
-    engine = LocalEngine(task, training)
+    larger = {"gradient_accumulation": trainers} if device().type == "cuda" else \
+        {"batch_size": recipe["batch_size"] * trainers}
+    training = parse_config({"training": {**recipe, **larger}}).training
+    engine = LocalEngine(task, training, device=device())
     shards = [task.load_shard(Shard(i, trainers)) for i in range(trainers)]
     engine.use_data(Split(torch.cat([s.x for s in shards]), torch.cat([s.y for s in shards])))
     start = task.build_model(training.seed).state_dict()
@@ -93,7 +116,7 @@ def federated(arm: str, trainers: int, steps: int, h: int, codec_name: str) -> d
     codec = codecs.build(codec_name, **CODEC_PARAMS.get(codec_name, {}))
     engines = []
     for i in range(trainers):
-        engines.append(LocalEngine(task, config.training))
+        engines.append(LocalEngine(task, config.training, device=device()))
         engines[-1].use_shard(i, trainers)
     feedback = [codecs.ErrorFeedback(codec) for _ in range(trainers)] if codec.error_feedback else None
     strategy = build_strategy(config.federated.aggregation)
@@ -122,7 +145,7 @@ def federated(arm: str, trainers: int, steps: int, h: int, codec_name: str) -> d
 
 
 def throughput(codec_names: list[str]) -> list[dict[str, Any]]:
-    """Encode/decode GB/s of fp32 input on the tiny model's tensors, against copy_ in the same run."""
+    """Encode/decode GB/s of fp32 input on the model's tensors, against copy_ in the same run."""
     config = job(1, 1, 1, {"name": "fedavg"})
     state = {k: torch.randn_like(v) for k, v in task_of(config).build_model(0).state_dict().items()}
     nbytes = sum(t.numel() * 4 for t in state.values())
@@ -151,7 +174,8 @@ def throughput(codec_names: list[str]) -> list[dict[str, Any]]:
 
 def _run(spec: tuple) -> dict[str, Any]:
     torch.set_num_threads(int(os.environ.get("DILOCO_THREADS", "1")))
-    kind, *args = spec
+    kind, scale, *args = spec
+    SCALE.update(scale)
     return per_step(*args) if kind == "per-step" else federated(kind, *args)
 
 
@@ -164,13 +188,29 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--codecs", default="fp32,fp16,bf16,int8,uint8,topk")
     p.add_argument("--codec-h", help="run the codecs other than fp32 only at these H (default: every H)")
     p.add_argument("--jobs", type=int, default=1, help="arms run in parallel processes (one thread each)")
+    p.add_argument("--preset", default="tiny", help="stdlib-lm preset (tiny, 125m, 350m, 1b)")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
+    p.add_argument("--batch-size", type=int, help="sequences per trainer micro-batch (default: the demo's, 16)")
+    p.add_argument("--learning-rate", type=float, help="inner AdamW peak learning rate (default: the demo's)")
+    p.add_argument("--validation-sequences", type=int, help="held-out windows (default: the demo's, 128)")
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
+    scale = {"device": args.device, "options": {"preset": args.preset}, "training": {"precision": args.precision}}
+    if args.validation_sequences:
+        scale["options"]["validation_sequences"] = args.validation_sequences
+    if args.batch_size:
+        scale["training"]["batch_size"] = args.batch_size
+    if args.learning_rate:
+        scale["training"]["learning_rate"] = args.learning_rate
+    SCALE.update(scale)
     hs = [int(h) for h in args.h.split(",") if h]
     names = [c for c in args.codecs.split(",") if c]
     codec_hs = {int(h) for h in args.codec_h.split(",")} if args.codec_h else set(hs)
-    specs = [("per-step", args.trainers, args.steps), ("fedavg", args.trainers, args.steps, args.fedavg_h, "fp32")]
-    specs += [("diloco", args.trainers, args.steps, h, c) for h in hs for c in names if c == "fp32" or h in codec_hs]
+    specs = [("per-step", scale, args.trainers, args.steps),
+             ("fedavg", scale, args.trainers, args.steps, args.fedavg_h, "fp32")]
+    specs += [("diloco", scale, args.trainers, args.steps, h, c) for h in hs for c in names
+              if c == "fp32" or h in codec_hs]
     started = time.monotonic()
     if args.jobs > 1:
         with ProcessPoolExecutor(args.jobs) as pool:
@@ -178,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         results = [_run(s) for s in specs]
     base = results[0]
-    print(f"diloco: tiny stdlib-lm, {args.trainers} trainers x {args.steps} inner steps each, "
+    print(f"diloco: {args.preset} stdlib-lm on {args.device} ({args.precision}), {args.trainers} trainers x {args.steps} inner steps each, "
           f"{base['params']:,} params; held-out bits per byte; bytes = uplink per trainer")
     print(f"  {'arm':<9} {'H':>4} {'codec':<22} {'rounds':>6} {'bytes/round':>12} {'bytes total':>12} "
           f"{'vs per-step':>11} {'bits/byte':>9} {'vs per-step':>11} {'seconds':>8}")

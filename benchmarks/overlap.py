@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -143,6 +144,9 @@ def run(args: argparse.Namespace, mbit: float, overlap: bool, workdir: Path) -> 
     finally:
         net.stop_all()
         os.environ.pop(SIMULATED_UPLINK_ENV, None)
+        if args.logs:  # the phase lines of every round (trainer: fetch/decode/train/encode; coordinator: commit)
+            shutil.copytree(net.logs, Path(args.logs) / f"{mbit:.0f}mbit-{'on' if overlap else 'off'}",
+                            dirs_exist_ok=True)
     steady = [r for m in trainers for r in m.get("utilization", {}).get("rounds", []) if r["round"] >= 2]
     inner, spent = sum(r["inner_seconds"] for r in steady), sum(r["wall_seconds"] for r in steady)
     sent = [m.get("blob_server", {}).get("bytes_sent", 0) for m in trainers]
@@ -185,8 +189,11 @@ def main() -> int:
                    help="coordinator on core 0, trainers on the others (default: on for cpu)")
     p.add_argument("--threads", type=int, help="OMP_NUM_THREADS of every process (default: 1 on cpu, unset on cuda)")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=JSON", help="any other job key")
+    p.add_argument("--modes", default="off,on", help="overlap modes to run, comma-separated: off, on or both")
+    p.add_argument("--logs", metavar="DIR", help="copy every run's process logs under DIR")
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
+    modes = [{"off": False, "on": True}[m] for m in args.modes.split(",")]
     links = [float(x) for x in args.links.split(",")]
     threads = args.threads if args.threads is not None else (1 if args.device == "cpu" else 0)
     args.pin = args.device == "cpu" if args.pin is None else args.pin
@@ -201,7 +208,7 @@ def main() -> int:
           f"{'MB up/trainer/round':>19} {'wall s':>7} {'load':>5}", flush=True)
     results = []
     for mbit in links:
-        for overlap in (False, True):
+        for overlap in modes:
             with tempfile.TemporaryDirectory(prefix="prime-overlap-") as tmp:
                 r = run(args, mbit, overlap, Path(tmp))
             r["load_average"] = os.getloadavg()[0]
@@ -213,7 +220,7 @@ def main() -> int:
                   f"{r['trainer_bytes_sent_per_round'] / 1e6:>19.3f} {r['wall_seconds']:>7.1f} {r['load_average']:>5.2f}"
                   f"   (coordinator per round: scoring {r['coordinator_scoring_s']:.2f}s, "
                   f"evaluation {r['coordinator_evaluate_s']:.2f}s)", flush=True)
-    for mbit in links:
+    for mbit in links if len(modes) == 2 else ():
         off, on = (next(r for r in results if r["link_mbit"] == mbit and r["overlap"] is o) for o in (False, True))
         link = f"{mbit:.0f} Mbit/s" if mbit > 0 else "loopback"
         bpb_off, bpb_on = off["final_metrics"].get("bits_per_byte"), on["final_metrics"].get("bits_per_byte")
