@@ -171,15 +171,17 @@ class LocalNetwork:
             "--bootstrap", f"127.0.0.1:{self.dht_port}", *self._metrics_flag("standby"),
         )
 
-    def start_trainer(self, index: int, *extra: str, ranks: int = 1, program: list[str] | None = None
-                      ) -> subprocess.Popen:
-        """Trainer ``index`` as one process, or as ``ranks`` processes under ``torchrun`` (one node).
+    def start_trainer(self, index: int, *extra: str, ranks: int = 1, program: list[str] | None = None,
+                      torchrun: bool = False) -> subprocess.Popen:
+        """Trainer ``index`` as one process, or as ``ranks`` processes under ``torchrun`` (one node);
+        ``torchrun`` launches even one rank that way (its process group comes from torchrun's rendezvous).
 
         ``program`` replaces ``-m prime.trainer.cli`` with another entry point taking the same flags
         (the attack harness's trainers)."""
         name = self.trainer_names[index]
         ports = [self.coordinator_port, *([self.standby_port] if "standby" in self.procs else []), self.dht_port]
-        launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={ranks}"] if ranks > 1 else []
+        launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={ranks}"] \
+            if ranks > 1 or torchrun else []
         return self._spawn(
             name, *launcher, *(program or ["-m", "prime.trainer.cli"]), "--node-id", name,
             "--config", str(self.config_path), "--coordinators", ",".join(f"127.0.0.1:{port}" for port in ports),

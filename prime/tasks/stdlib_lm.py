@@ -2,9 +2,9 @@
 
 Real text that ships with every Python install (``stdlib_corpus``), split non-IID by module
 across trainers, with held-out modules for validation; the model is ``transformer.Transformer``
-at one of its presets (``tiny`` trains on a laptop CPU; ``1b`` is the H200 MFU benchmark),
-optionally overridden. The headline metric is bits per byte (lower is better; 8 is a uniform
-guess over the 256 byte values).
+at one of its presets (``tiny`` trains on a laptop CPU; ``1b`` is the H200 MFU benchmark; ``8b``
+needs several GPUs), optionally overridden. The headline metric is bits per byte (lower is
+better; 8 is a uniform guess over the 256 byte values).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from prime.tasks.transformer import PRESETS, Transformer, TransformerConfig
 class StdlibLMOptions(TaskOptions):
     """``[task.options]`` of ``stdlib-lm``. Overrides left at 0 / unset take the preset's value."""
 
-    preset: Literal["tiny", "125m", "350m", "1b"] = "tiny"
+    preset: Literal["tiny", "125m", "350m", "1b", "8b"] = "tiny"
     d_model: int | None = Field(None, ge=0)
     n_layers: int | None = Field(None, ge=0)
     n_heads: int | None = Field(None, ge=0)

@@ -66,6 +66,11 @@ PRESETS: dict[str, TransformerConfig] = {
     "350m": TransformerConfig(d_model=1024, n_layers=24, n_heads=16, max_seq_len=1024),
     # ~1.2B parameters: the single-H200 MFU benchmark configuration.
     "1b": TransformerConfig(d_model=2048, n_layers=24, n_heads=16, max_seq_len=2048),
+    # Llama-3-8B's dims (width, depth, heads, SwiGLU 14336, rope theta 5e5) with full multi-head
+    # attention (no grouped KV heads) and the byte vocabulary: ~7.8B parameters. In fp32 with AdamW
+    # its state alone is ~125 GB, more than one GPU holds with activations: it must be sharded.
+    "8b": TransformerConfig(d_model=4096, n_layers=32, n_heads=32, mlp_hidden=14336, max_seq_len=2048,
+                            rope_theta=500000.0),
 }
 
 

@@ -32,6 +32,7 @@ needs no collective. The reported loss stays the task's.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import math
@@ -107,6 +108,11 @@ class TrainMetrics:
     num_samples: int  # samples the node trained on this round (all ranks)
     steps: int  # optimizer steps this round
     seconds: float  # wall time of the step loop (synchronized on CUDA)
+    #: What a round adds to the step loop, apart so a node on many GPUs can see where its round
+    #: goes: loading the start state into the sharded model (broadcast from rank 0), and gathering
+    #: the full state to rank 0's CPU and subtracting for the delta (0.0 where not measured).
+    load_seconds: float = 0.0
+    gather_seconds: float = 0.0
 
 
 def _plain(tensor: torch.Tensor) -> torch.Tensor:
@@ -307,18 +313,27 @@ class LocalEngine:
 
     def _train(self, start: StateDict | None, work: LocalWork,
                plan: _RoundPlan | None) -> tuple[StateDict, TrainMetrics]:
+        clock = time.perf_counter()
         if start is None:  # train on from the current weights (a collective gather on every rank)
             start = self.global_state()
         else:
             self.load_global(start)
+        self._synchronize()
+        load_seconds = time.perf_counter() - clock
         self.model.train()
         if plan is not None:  # nothing of earlier rounds carries over
             self.optimizer = build_optimizer(self._trainable(), self.training, self.device)
         anchor = [p.detach().clone() for p in self.model.parameters()] if self.proximal_mu > 0 else None
         metrics = self._run(work, plan, anchor)
+        clock = time.perf_counter()
         end = self.global_state()
         delta = {k: end[k] - start[k].to(end[k].dtype) for k in end} if self.rank == 0 else {}
-        return delta, metrics
+        return delta, dataclasses.replace(metrics, load_seconds=load_seconds,
+                                          gather_seconds=time.perf_counter() - clock)
+
+    def _synchronize(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
 
     def _proximal(self, anchor: list[torch.Tensor]) -> None:
         """Add FedProx's μ·(w − w_global) to each (local shard of a) gradient."""
@@ -346,8 +361,7 @@ class LocalEngine:
         micro, samples, steps = 0, 0, 0
         batch_size = self.task.batch_size(cfg.batch_size)
         batches = global_batches(len(self.data), batch_size, seed, position, self.world_size, drop_last=drop_last)
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
+        self._synchronize()
         t0 = time.perf_counter()
         pending = 0  # micro-batches accumulated toward the next optimizer step
         while not (work.steps and steps >= work.steps):
@@ -389,8 +403,7 @@ class LocalEngine:
         totals = torch.stack([loss_sum, torch.tensor(float(micro), device=self.device, dtype=torch.float64)])
         if self.world_size > 1:
             dist.all_reduce(totals)
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
+        self._synchronize()
         seconds = max(time.perf_counter() - t0, 1e-9)
         loss_total, micro_total = totals.tolist()
         tokens = samples * self.task.tokens_per_sample()

@@ -525,10 +525,12 @@ class TrainerNode:
                 await self.save_checkpoint(f"{AUTO_PREFIX}{ann.round:06d}")
             self._train_ahead(ann, shard, next_start)
         log.info("round %d: trained %d samples (%d steps%s) on %s, loss %.4f, update %s…, %.0f%% of %.2fs in "
-                 "inner steps (model fetch %.2fs, decode %.2fs, train %.2fs, encode and store %.2fs)", ann.round,
+                 "inner steps (model fetch %.2fs, decode %.2fs, train %.2fs incl. state load %.2fs and gather "
+                 "%.2fs, encode and store %.2fs)", ann.round,
                  metrics.num_samples, metrics.steps, ", trained ahead" if ahead else "",
                  "own data" if shard is None else f"shard {shard}", metrics.loss, digest[:12],
-                 100 * use.fraction, use.wall_seconds, fetch_s, decode_s, train_seconds, encode_s)
+                 100 * use.fraction, use.wall_seconds, fetch_s, decode_s, train_seconds, metrics.load_seconds,
+                 metrics.gather_seconds, encode_s)
 
     def _checkpoint_due(self) -> bool:
         """Whether ``fault_tolerance.checkpoint_interval`` seconds have passed since the last checkpoint."""

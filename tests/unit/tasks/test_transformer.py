@@ -85,6 +85,13 @@ def test_presets_shapes() -> None:
     assert all(c.mlp_hidden % 64 == 0 for c in PRESETS.values())
 
 
+def test_8b_preset_is_llama3_8b_sized() -> None:
+    c = PRESETS["8b"]
+    assert (c.d_model, c.n_layers, c.n_heads, c.mlp_hidden, c.max_seq_len) == (4096, 32, 32, 14336, 2048)
+    assert 7.5e9 < non_embedding_params(c) < 8.1e9
+    assert 16 * non_embedding_params(c) > 120e9  # fp32 weights, gradients and AdamW's two moments
+
+
 @pytest.mark.parametrize("mlp", ["swiglu", "gelu"])
 def test_both_mlps_run_and_learn_gradients(mlp: str) -> None:
     config = dataclasses.replace(TINY, mlp=mlp, mlp_hidden=0)

@@ -156,6 +156,11 @@ def test_training_reduces_loss_and_delta_matches(engine, shard):
     assert engine.optimizer.param_groups[0]["lr"] == pytest.approx(learning_rate(CONFIG.training, engine.steps_done - 1))
 
 
+def test_a_round_times_its_state_load_and_its_gather_apart(engine):
+    _, metrics = engine.train(build_model(1).state_dict(), LocalWork(steps=2))
+    assert metrics.load_seconds > 0 and metrics.gather_seconds > 0 and metrics.seconds > 0
+
+
 def test_train_from_given_start_ignores_current_weights(engine):
     start = {k: torch.zeros_like(v) for k, v in engine.global_state().items()}
     delta, _ = engine.train(start, EPOCH)
