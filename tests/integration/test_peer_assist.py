@@ -101,12 +101,12 @@ def providers_in_dht(net: LocalNetwork, status: dict) -> list[tuple[str, int]]:
 
 
 def network(tmp_path, min_bytes: int) -> LocalNetwork:
-    # Heartbeats every 10 s: the paused trainer still counts as alive (window 3 x 10 s) while the last
-    # one starts, which takes 15 s and more on a loaded machine (at 5 s the round was never announced).
+    # Heartbeats every 7.5 s: the paused trainer still counts as alive (window 3 x 7.5 s) while the last
+    # one starts, which took over 15 s on a loaded machine (at 5 s the round was then never announced).
     # RPC timeout 1 s: DHT crawls that reach the paused trainer's node give up on it quickly.
     return LocalNetwork(tmp_path / "net", trainers=TRAINERS, rounds=ROUNDS, local_epochs=1,
                         federated={"round_timeout": 30.0},
-                        network={"peer_assist_min_bytes": min_bytes, "heartbeat_interval": 10.0, "timeout": 1.0,
+                        network={"peer_assist_min_bytes": min_bytes, "heartbeat_interval": 7.5, "timeout": 1.0,
                                  "inline_blob_max_bytes": 0})  # the demo model would otherwise ride inline
 
 

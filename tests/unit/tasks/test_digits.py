@@ -111,3 +111,17 @@ def test_task_model_loss_metrics_and_shard_units():
     units = task.shard_units(model)
     assert [type(u).__name__ for u in units] == ["Linear", "Linear", "Linear"]
     assert task.metrics[0] == "accuracy" and task.tokens_per_sample() == 1
+
+
+def test_the_images_are_scikit_learns(split):
+    """Read without importing scikit-learn, they are exactly what ``load_digits`` returns."""
+    from sklearn.datasets import load_digits
+
+    reference = load_digits()
+    train, test = split
+    ours = torch.cat([train.x, test.x]), torch.cat([train.y, test.y])
+    order = np.random.default_rng(0).permutation(N_DIGITS)
+    n_test = round(N_DIGITS * 0.2)
+    order = np.concatenate([order[n_test:], order[:n_test]])  # train then test, as the split cuts them
+    assert torch.equal(ours[0], torch.from_numpy((reference.data[order] / 16.0).astype(np.float32)))
+    assert torch.equal(ours[1], torch.from_numpy(reference.target[order].astype(np.int64)))
