@@ -124,6 +124,8 @@ def test_at_the_threshold_a_late_trainer_fetches_the_model_from_a_peer(tmp_path)
     assert origin["served"] == sum(f.get("from_origin", 0) for f in fetches) < TRAINERS * ROUNDS
 
 
+# The off switch of the behaviour above: in `bin/test -m ""` (31 s; the default run keeps the test above).
+@pytest.mark.extended
 def test_below_the_threshold_no_provider_is_looked_up_or_announced(tmp_path):
     with network(tmp_path, min_bytes=demo_model_bytes() + 1) as net:
         status = run_with_a_late_trainer(net, peers_announce=False)
