@@ -29,6 +29,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -37,7 +38,9 @@ from prime.core.aggregation.config import proximal_mu
 from prime.core.config import JobConfig, Precision
 from prime.core.errors import ConfigError, TaskError
 from prime.tasks.spec import Task
-from prime.trainer.engine import LocalEngine, LocalWork, RoundKey
+
+if TYPE_CHECKING:  # the engine (FSDP2, DTensor, distributed checkpoint: ~1 s of imports) loads on the first check
+    from prime.trainer.engine import LocalEngine
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +113,6 @@ class SpotChecker:
         if not 0.0 <= self.rate <= 1.0:
             raise ConfigError(f"spot-check rate must lie in [0, 1], got {self.rate}")
         self.tolerance = config.verification.tolerance
-        self.work = LocalWork.of(config.federated)
         self.update_codec = codecs.from_config(config.compression.update)
         self._engine: LocalEngine | None = None
         self._lock = threading.Lock()
@@ -173,8 +175,10 @@ class SpotChecker:
             except Exception as exc:
                 self._engine = None
                 return inconclusive(f"the verifier's engine failed: {type(exc).__name__}: {exc}")
+            from prime.trainer.engine import LocalWork, RoundKey  # loaded with the engine by _build
+
             try:
-                recomputed, _ = engine.train(global_state, self.work,
+                recomputed, _ = engine.train(global_state, LocalWork.of(self.config.federated),
                                              round_key=RoundKey(self.config.job_id, round_number, shard))
             except Exception as exc:
                 self._engine = None  # a half-run round may leave gradients behind: start clean next time
@@ -185,6 +189,8 @@ class SpotChecker:
         return Verdict(distance <= self.tolerance, distance, None, time.perf_counter() - started)
 
     def _build(self) -> LocalEngine:
+        from prime.trainer.engine import LocalEngine
+
         self._engine = LocalEngine(self.task, self.config.training, device=torch.device("cpu"),
                                    data_path=self.data_path, proximal_mu=proximal_mu(self.config.federated.aggregation))
         return self._engine
