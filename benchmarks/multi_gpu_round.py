@@ -28,7 +28,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.overlap import parse_sets, with_options  # noqa: E402
+from benchmarks.overlap import parse_sets, visible_gpu, with_options  # noqa: E402
 from prime.coordinator.status import open_read_only  # noqa: E402
 from prime.core.errors import PrimeError  # noqa: E402
 from prime.core.identity import Identity  # noqa: E402
@@ -36,21 +36,6 @@ from prime.demo import LocalNetwork  # noqa: E402
 
 NODE = 1  # trainer-002: the N-rank node
 SINGLE = 0  # trainer-001: one rank
-
-
-@contextlib.contextmanager
-def visible_gpu(index: int | None):
-    """CUDA_VISIBLE_DEVICES for the processes spawned inside (None: leave it as it is)."""
-    saved = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if index is not None:
-        os.environ["CUDA_VISIBLE_DEVICES"] = str(index)
-    try:
-        yield
-    finally:
-        if saved is None:
-            os.environ.pop("CUDA_VISIBLE_DEVICES", None)
-        else:
-            os.environ["CUDA_VISIBLE_DEVICES"] = saved
 
 
 def job(args: argparse.Namespace) -> dict[str, dict]:

@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 
+from benchmarks.update_pipeline import Laps  # noqa: E402
 from prime import codecs  # noqa: E402
 from prime.blobs.store import BlobStore  # noqa: E402
 from prime.coordinator.verification import check_record, check_tensors  # noqa: E402
@@ -87,14 +88,7 @@ def update_pipeline(delta: StateDict, reference: StateDict, config: JobConfig, i
     the coordinator's TCP fetch is replaced by reading the blob back (``update_pipeline.py`` measures
     the transfer). Raises ``UpdateRejected`` if the coordinator side would refuse the update."""
     codec = codecs.from_config(config.compression.update)
-    seconds: dict[str, float] = {}
-    clock = time.perf_counter()
-
-    def lap(name: str) -> None:
-        nonlocal clock
-        now = time.perf_counter()
-        seconds[name] = now - clock
-        clock = now
+    lap = Laps()
 
     store = BlobStore(workdir / "blobs")
     parts = codecs.encode(codec, delta, compress=config.network.enable_compression)
@@ -130,6 +124,7 @@ def update_pipeline(delta: StateDict, reference: StateDict, config: JobConfig, i
     # per tensor in fp32 (one temporary each; 8B: no float64 copies), summed in Python floats
     squares = sum(float(torch.linalg.vector_norm(decoded[k] - delta[k])) ** 2 for k in delta)
     norm = math.sqrt(sum(float(torch.linalg.vector_norm(v)) ** 2 for v in delta.values()))
+    seconds = lap.seconds
     return {"codec": codec.describe(), "fp32_bytes": state_bytes(delta), "blob_bytes": size,
             "seconds": seconds, "total_s": sum(seconds.values()),
             "trainer_s": sum(seconds[k] for k in ("encode", "digest+store", "sign")),

@@ -32,6 +32,7 @@ shared).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -94,24 +95,31 @@ def pin(net: LocalNetwork, names: list[str], cores: set[int]) -> None:
             os.sched_setaffinity(proc.pid, cores)
 
 
+@contextlib.contextmanager
+def visible_gpu(index: int | None):
+    """CUDA_VISIBLE_DEVICES for the processes spawned inside (None: leave it as it is)."""
+    saved = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if index is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(index)
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+        else:
+            os.environ["CUDA_VISIBLE_DEVICES"] = saved
+
+
 def start_trainers(net: LocalNetwork, device: str) -> None:
+    """Trainer i on GPU i mod the GPUs visible (on cuda)."""
     gpus = 0
     if device == "cuda":
         import torch
 
         gpus = torch.cuda.device_count()
-    saved = os.environ.get("CUDA_VISIBLE_DEVICES")
-    try:
-        for i in range(len(net.trainer_names)):
-            if gpus:
-                os.environ["CUDA_VISIBLE_DEVICES"] = str(i % gpus)
+    for i in range(len(net.trainer_names)):
+        with visible_gpu(i % gpus if gpus else None):
             net.start_trainer(i, "--device", device)
-    finally:
-        if gpus:
-            if saved is None:
-                os.environ.pop("CUDA_VISIBLE_DEVICES", None)
-            else:
-                os.environ["CUDA_VISIBLE_DEVICES"] = saved
 
 
 def run(args: argparse.Namespace, mbit: float, overlap: bool, workdir: Path) -> dict:

@@ -95,17 +95,26 @@ class LoopLag:
         self._task.cancel()
 
 
+class Laps:
+    """Seconds per named stage, each timed from the end of the one before: ``lap("encode")``."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._clock = time.perf_counter()
+
+    def __call__(self, name: str) -> None:
+        now = time.perf_counter()
+        self.seconds[name] = now - self._clock
+        self._clock = now
+
+    def since_last(self) -> float:
+        return time.perf_counter() - self._clock
+
+
 async def one_pass(state: dict[str, torch.Tensor], trainer_store: BlobStore, coord_store: BlobStore,
                    address: tuple[str, int], identity: Identity) -> tuple[dict[str, float], float, str]:
     """Run the pipeline once; return per-stage seconds, the coordinator loop's worst stall, digest."""
-    t: dict[str, float] = {}
-    clock = time.perf_counter()
-
-    def lap(name: str) -> None:
-        nonlocal clock
-        now = time.perf_counter()
-        t[name] = now - clock
-        clock = now
+    lap = Laps()
 
     # trainer
     parts = await asyncio.to_thread(tensors.encode_parts, state)
@@ -125,10 +134,10 @@ async def one_pass(state: dict[str, torch.Tensor], trainer_store: BlobStore, coo
     decoded = await asyncio.to_thread(tensors.decode_state, data, max_bytes=size)
     lap("decode")
     await asyncio.to_thread(coord_store.put_verified, got, data)
-    background = {"persist": time.perf_counter() - clock}
+    background = {"persist": lap.since_last()}
     if decoded.keys() != state.keys() or not all(torch.equal(decoded[k], state[k]) for k in state):
         sys.exit("decoded update differs from the original")
-    return t, background, lag.worst, digest
+    return lap.seconds, background, lag.worst, digest
 
 
 def limits(buffer: bytes) -> tuple[float, float]:

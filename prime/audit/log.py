@@ -17,9 +17,9 @@ line (never acknowledged, never in the head): the next writer cuts it off and lo
 
 from __future__ import annotations
 
-import getpass
 import enum
 import fcntl
+import getpass
 import hashlib
 import json
 import math
